@@ -1,0 +1,1 @@
+"""Veil: a privacy-preserving computation node."""

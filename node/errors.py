@@ -1,0 +1,85 @@
+"""Veil's exceptions: one root, a few meaningful kinds, each able to explain itself.
+
+Every error a user or a peer can cause is a :class:`VeilError`. The gRPC layer maps
+each subclass to one status code (``node/_rpc.py``); the CLI catches only the root
+and exits non-zero with the message. Anything else that escapes is a bug in Veil.
+"""
+
+from __future__ import annotations
+
+
+class VeilError(Exception):
+    """Root of every error a user, an operator or a peer can cause."""
+
+    #: name of the grpc.StatusCode this error maps to on the wire
+    status: str = "INVALID_ARGUMENT"
+
+
+class InvalidInput(VeilError):
+    """The request, file or argument is malformed or inconsistent."""
+
+    status = "INVALID_ARGUMENT"
+
+
+class NotFound(VeilError):
+    status = "NOT_FOUND"
+
+
+class AlreadyExists(VeilError):
+    status = "ALREADY_EXISTS"
+
+
+class Unauthenticated(VeilError):
+    """The caller could not be identified (no, expired, revoked or foreign certificate)."""
+
+    status = "UNAUTHENTICATED"
+
+
+class PolicyDenied(VeilError):
+    """The caller is known but not allowed to do this (role, deny list, classification)."""
+
+    status = "PERMISSION_DENIED"
+
+
+class ApprovalRequired(VeilError):
+    """The job exists but is not (or no longer) in a state that lets it run."""
+
+    status = "FAILED_PRECONDITION"
+
+
+class FailedPrecondition(VeilError):
+    status = "FAILED_PRECONDITION"
+
+
+class QuotaExhausted(VeilError):
+    status = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, meter: str, requested: int, remaining: int) -> None:
+        self.meter, self.requested, self.remaining = meter, requested, remaining
+        super().__init__(
+            f"quota exhausted for {meter}: requested {requested}, remaining {remaining}"
+        )
+
+
+class ResourceLimit(VeilError):
+    """A per-call limit (time, memory, result size) was hit."""
+
+    status = "RESOURCE_EXHAUSTED"
+
+
+class ProtocolError(VeilError):
+    """A peer sent a malformed or out-of-order protocol message."""
+
+    status = "INVALID_ARGUMENT"
+
+
+class VerificationError(VeilError):
+    """A signature, proof, receipt or log failed verification."""
+
+    status = "DATA_LOSS"
+
+
+class ConfigError(VeilError):
+    """node.toml, a key file or a directory is missing or wrong."""
+
+    status = "FAILED_PRECONDITION"

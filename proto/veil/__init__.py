@@ -1,0 +1,1 @@
+"""Generated code for the veil.v1 gRPC API."""

@@ -1,0 +1,1 @@
+"""Veil cryptographic protocols: pure steps, no gRPC inside."""

@@ -83,3 +83,34 @@ class ConfigError(VeilError):
     """node.toml, a key file or a directory is missing or wrong."""
 
     status = "FAILED_PRECONDITION"
+
+
+_BY_STATUS: dict[str, type[VeilError]] = {
+    "INVALID_ARGUMENT": InvalidInput,
+    "NOT_FOUND": NotFound,
+    "ALREADY_EXISTS": AlreadyExists,
+    "UNAUTHENTICATED": Unauthenticated,
+    "PERMISSION_DENIED": PolicyDenied,
+    "FAILED_PRECONDITION": FailedPrecondition,
+    "RESOURCE_EXHAUSTED": ResourceLimit,
+    "DATA_LOSS": VerificationError,
+}
+
+
+class RemoteError(VeilError):
+    """A node refused or failed a call; ``status`` is the gRPC status it answered with."""
+
+    def __init__(self, status: str, message: str, node: str) -> None:
+        self.status = status
+        self.node = node
+        super().__init__(f"{node}: {status}: {message}")
+
+
+def remote_error(status: str, message: str, node: str) -> VeilError:
+    """Rebuild a node's refusal on the client side, keeping its kind where we know it."""
+    kind = _BY_STATUS.get(status)
+    if kind is None:
+        if status == "UNAVAILABLE":
+            message += " (is the node running at that address, and does it trust your CA?)"
+        return RemoteError(status, message, node)
+    return kind(f"{node}: {status}: {message}")

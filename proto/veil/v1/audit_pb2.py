@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13veil/v1/audit.proto\x12\x07veil.v1\"\x16\n\x14GetCheckpointRequest\"(\n\nCheckpoint\x12\x0c\n\x04note\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"/\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\"\'\n\x08LogEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"<\n\x18GetInclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"@\n\x1aGetConsistencyProofRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\"*\n\x05Proof\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\x0e\n\x06hashes\x18\x02 \x03(\x0c\x32\xa6\x02\n\x0c\x41uditService\x12\x43\n\rGetCheckpoint\x12\x1d.veil.v1.GetCheckpointRequest\x1a\x13.veil.v1.Checkpoint\x12=\n\nGetEntries\x12\x1a.veil.v1.GetEntriesRequest\x1a\x11.veil.v1.LogEntry0\x01\x12\x46\n\x11GetInclusionProof\x12!.veil.v1.GetInclusionProofRequest\x1a\x0e.veil.v1.Proof\x12J\n\x13GetConsistencyProof\x12#.veil.v1.GetConsistencyProofRequest\x1a\x0e.veil.v1.Proofb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13veil/v1/audit.proto\x12\x07veil.v1\"\x16\n\x14GetCheckpointRequest\"(\n\nCheckpoint\x12\x0c\n\x04note\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"/\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\"0\n\nLogEntries\x12\"\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x11.veil.v1.LogEntry\"\'\n\x08LogEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"<\n\x18GetInclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"@\n\x1aGetConsistencyProofRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\"*\n\x05Proof\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\x0e\n\x06hashes\x18\x02 \x03(\x0c\x32\xa8\x02\n\x0c\x41uditService\x12\x43\n\rGetCheckpoint\x12\x1d.veil.v1.GetCheckpointRequest\x1a\x13.veil.v1.Checkpoint\x12?\n\nGetEntries\x12\x1a.veil.v1.GetEntriesRequest\x1a\x13.veil.v1.LogEntries0\x01\x12\x46\n\x11GetInclusionProof\x12!.veil.v1.GetInclusionProofRequest\x1a\x0e.veil.v1.Proof\x12J\n\x13GetConsistencyProof\x12#.veil.v1.GetConsistencyProofRequest\x1a\x0e.veil.v1.Proofb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,14 +37,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKPOINT']._serialized_end=96
   _globals['_GETENTRIESREQUEST']._serialized_start=98
   _globals['_GETENTRIESREQUEST']._serialized_end=145
-  _globals['_LOGENTRY']._serialized_start=147
-  _globals['_LOGENTRY']._serialized_end=186
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=188
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=248
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=250
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=314
-  _globals['_PROOF']._serialized_start=316
-  _globals['_PROOF']._serialized_end=358
-  _globals['_AUDITSERVICE']._serialized_start=361
-  _globals['_AUDITSERVICE']._serialized_end=655
+  _globals['_LOGENTRIES']._serialized_start=147
+  _globals['_LOGENTRIES']._serialized_end=195
+  _globals['_LOGENTRY']._serialized_start=197
+  _globals['_LOGENTRY']._serialized_end=236
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=238
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=298
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=300
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=364
+  _globals['_PROOF']._serialized_start=366
+  _globals['_PROOF']._serialized_end=408
+  _globals['_AUDITSERVICE']._serialized_start=411
+  _globals['_AUDITSERVICE']._serialized_end=707
 # @@protoc_insertion_point(module_scope)

@@ -42,7 +42,7 @@ class AuditServiceStub:
         self.GetEntries = channel.unary_stream(
                 '/veil.v1.AuditService/GetEntries',
                 request_serializer=veil_dot_v1_dot_audit__pb2.GetEntriesRequest.SerializeToString,
-                response_deserializer=veil_dot_v1_dot_audit__pb2.LogEntry.FromString,
+                response_deserializer=veil_dot_v1_dot_audit__pb2.LogEntries.FromString,
                 _registered_method=True)
         self.GetInclusionProof = channel.unary_unary(
                 '/veil.v1.AuditService/GetInclusionProof',
@@ -66,7 +66,7 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetEntries(self, request, context):
-        """Entries [start, end) in order; end 0 means "up to the latest checkpoint".
+        """Entries [start, end) in order, in batches; end 0 means "up to the latest checkpoint".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,7 +95,7 @@ def add_AuditServiceServicer_to_server(servicer, server):
             'GetEntries': grpc.unary_stream_rpc_method_handler(
                     servicer.GetEntries,
                     request_deserializer=veil_dot_v1_dot_audit__pb2.GetEntriesRequest.FromString,
-                    response_serializer=veil_dot_v1_dot_audit__pb2.LogEntry.SerializeToString,
+                    response_serializer=veil_dot_v1_dot_audit__pb2.LogEntries.SerializeToString,
             ),
             'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInclusionProof,
@@ -161,7 +161,7 @@ class AuditService:
             target,
             '/veil.v1.AuditService/GetEntries',
             veil_dot_v1_dot_audit__pb2.GetEntriesRequest.SerializeToString,
-            veil_dot_v1_dot_audit__pb2.LogEntry.FromString,
+            veil_dot_v1_dot_audit__pb2.LogEntries.FromString,
             options,
             channel_credentials,
             insecure,

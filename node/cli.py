@@ -1,0 +1,417 @@
+"""The `veil` command line: one entry point for data holders, analysts and auditors.
+
+Every command is a thin shell over the library (`node.client`, `node.home`,
+`node.catalog`, `node.auditor`); every error a user can cause is a VeilError, printed
+as one line on stderr with exit status 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from node.errors import InvalidInput, VeilError
+
+EXIT_ERROR = 1
+IDENTITY_ENV = "VEIL_IDENTITY"
+
+
+def _print_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+def _identity(args: argparse.Namespace) -> Path:
+    value = args.identity or os.environ.get(IDENTITY_ENV)
+    if not value:
+        raise InvalidInput(
+            f"no identity: pass --identity DIR (made by `veil pki issue`) or set {IDENTITY_ENV}"
+        )
+    return Path(value).expanduser()
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from node.client import Client
+
+    return Client(args.node, _identity(args))
+
+
+def _write_receipt(args: argparse.Namespace, client: Any) -> None:
+    path = getattr(args, "receipt_out", None)
+    if path and client.last_receipt is not None:
+        Path(path).write_text(json.dumps(client.last_receipt.to_json(), indent=2) + "\n")
+
+
+# -- pki ---------------------------------------------------------------------------
+
+
+def cmd_pki_init(args: argparse.Namespace) -> int:
+    from node import pki
+
+    fed = pki.init_federation(Path(args.dir), args.federation)
+    print(f"federation {fed.name!r} created in {fed.directory}")
+    print(f"  CA certificate: {fed.ca_cert}  (fingerprint {fed.fingerprint[:16]}…)")
+    print("  keep ca.key offline; issue identities with `veil pki issue`")
+    return 0
+
+
+def cmd_pki_issue(args: argparse.Namespace) -> int:
+    from node import pki
+
+    issued = pki.issue(
+        Path(args.dir), args.role, args.name, Path(args.out), hosts=tuple(args.host), days=args.days
+    )
+    print(f"issued {issued.role} {issued.name!r} (serial {issued.serial:#x}) into {issued.directory}")
+    print(f"  valid until {issued.not_after:%Y-%m-%d}; private keys are readable by the owner only")
+    return 0
+
+
+def cmd_pki_revoke(args: argparse.Namespace) -> int:
+    from node import pki
+
+    serial = pki.revoke(Path(args.dir), name=args.name, role=args.role, reason=args.reason)
+    print(f"revoked serial {serial:#x}; nodes pick up {Path(args.dir) / 'crl.pem'} on its change")
+    return 0
+
+
+# -- node --------------------------------------------------------------------------
+
+
+def cmd_node_init(args: argparse.Namespace) -> int:
+    from node.home import init_node
+
+    home = init_node(
+        Path(args.node_dir),
+        args.name,
+        identity_dir=Path(args.identity) if args.identity else None,
+        federation_dir=Path(args.federation) if args.federation else None,
+        listen=args.listen,
+        hosts=tuple(args.host),
+    )
+    print(f"node {args.name!r} initialized in {home.path}")
+    print(f"  edit {home.config_path} for policy and tariff, then `veil node serve {home.path}`")
+    return 0
+
+
+def cmd_node_serve(args: argparse.Namespace) -> int:
+    from node.server import serve
+
+    serve(Path(args.node_dir), args.listen)
+    return 0
+
+
+# -- dataset -----------------------------------------------------------------------
+
+
+def cmd_dataset_add(args: argparse.Namespace) -> int:
+    from node import catalog
+    from node.home import NodeHome
+
+    home = NodeHome(Path(args.node_dir))
+    home.check()
+    levels = catalog.parse_levels(args.level)
+    conn = home.connect()
+    log = home.open_log()
+    try:
+        reg = catalog.register(
+            conn, log, home.identity, home.snapshots,
+            node=home.config.name, name=args.name, source=Path(args.file),
+            key_column=args.key, levels=levels,
+        )
+    finally:
+        log.close()
+        conn.close()
+    ds = reg.dataset
+    if reg.created:
+        print(f"registered {ds.name} version {ds.version}: {ds.rows:,} rows, sha256 {ds.sha256}")
+    else:
+        print(
+            f"identical content already registered as {ds.name} version {ds.version} "
+            f"(sha256 {ds.sha256}); nothing added"
+        )
+    _print_table(("column", "type", "level"), [(c.name, c.type, c.level) for c in ds.columns])
+    receipt = _receipt_json(ds, home.identity.read_tls_cert().decode())
+    if args.receipt_out:
+        Path(args.receipt_out).write_text(json.dumps(receipt, indent=2) + "\n")
+        print(f"receipt written to {args.receipt_out} (log index {ds.log_index})")
+    return 0
+
+
+def _receipt_json(ds: Any, cert_pem: str) -> dict[str, Any]:
+    return {
+        "body": base64.b64encode(ds.receipt).decode(),
+        "signature": base64.b64encode(ds.signature).decode(),
+        "certificate": cert_pem,
+    }
+
+
+def cmd_dataset_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        pairs = client.dataset_receipts()
+        _write_receipt(args, client)
+    if args.format == "json":
+        out = [
+            {
+                "name": ds.name,
+                "version": ds.version,
+                "sha256": ds.sha256,
+                "rows": ds.rows,
+                "key_column": ds.key_column,
+                "registered_at": ds.registered_at,
+                "columns": [{"name": c.name, "type": c.type, "level": c.level} for c in ds.columns],
+                "receipt": _receipt_json(ds, pem),
+            }
+            for ds, pem in pairs
+        ]
+        print(json.dumps(out, indent=2))
+        return 0
+    if not pairs:
+        print("no datasets registered")
+    for ds, _ in pairs:
+        print(f"{ds.name} v{ds.version}  {ds.rows:,} rows  key={ds.key_column}  "
+              f"sha256={ds.sha256[:16]}…  registered {ds.registered_at}")
+        _print_table(
+            ("  column", "type", "level"), [("  " + c.name, c.type, c.level) for c in ds.columns]
+        )
+    return 0
+
+
+def cmd_dataset_verify(args: argparse.Namespace) -> int:
+    from node import catalog, pki
+
+    try:
+        receipt = json.loads(Path(args.receipt).read_text())
+        body = base64.b64decode(receipt["body"], validate=True)
+        signature = base64.b64decode(receipt["signature"], validate=True)
+        cert_pem = receipt["certificate"].encode()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"{args.receipt} is not a Veil receipt file: {exc}") from None
+    trust = pki.TrustStore.load(Path(args.ca))
+    signer = trust.identify(cert_pem)
+    if signer.role != "node":
+        raise InvalidInput(f"receipt is signed by a {signer.role!r}, not a node")
+    parsed = catalog.verify_receipt(body, signature, signer.signing_key)
+    print(
+        f"valid receipt: node {signer.name!r} registered {parsed['dataset']} "
+        f"version {parsed['version']} ({parsed['rows']:,} rows) at {parsed['registered_at']}"
+    )
+    print(f"  snapshot sha256 {parsed['sha256']}")
+    return 0
+
+
+# -- audit -------------------------------------------------------------------------
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from node import auditor
+
+    source, client = _log_source(args)
+
+    def progress(done: int, total: int) -> None:
+        if not args.quiet and sys.stderr.isatty() or os.environ.get("VEIL_PROGRESS"):
+            print(f"\r  verified {done:,} / {total:,} entries", end="", file=sys.stderr, flush=True)
+
+    try:
+        report = auditor.verify(source, auditor.open_state(args.state), progress)
+    finally:
+        if client is not None:
+            client.close()
+    if not args.quiet and sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(report.summary())
+    print(report.checkpoint.to_text().rstrip("\n").replace("\n", "\n    ").join(("    ", "")))
+    return 0
+
+
+def cmd_audit_log(args: argparse.Namespace) -> int:
+    from node import auditor
+
+    source, client = _log_source(args)
+    flt = auditor.LogFilter(args.caller, args.job, args.method, args.since, args.until, args.outcome)
+    try:
+        rows = list(auditor.read_entries(source, flt))
+    finally:
+        if client is not None:
+            client.close()
+    if args.format == "json":
+        for index, record in rows:
+            print(json.dumps({"index": index, **record}, sort_keys=True))
+        return 0
+    table = []
+    for index, r in rows:
+        caller = r.get("caller") or {}
+        who = f"{caller.get('role')}:{caller.get('name')}" if caller else "-"
+        what = r.get("method", "").rsplit("/", 1)[-1] if r.get("kind") == "call" else r.get("event")
+        meters = ",".join(f"{k}={v}" for k, v in sorted((r.get("meters") or {}).items()) if v)
+        table.append((index, r.get("t", "")[:23], who, what, (r.get("job") or "-")[:12],
+                      r.get("status", "event"), meters))
+    _print_table(("index", "time", "caller", "method/event", "job", "outcome", "meters"), table)
+    print(f"{len(rows)} entries")
+    return 0
+
+
+def cmd_audit_prove(args: argparse.Namespace) -> int:
+    from node import auditor
+
+    try:
+        receipt = json.loads(Path(args.receipt).read_text())
+        index, note = int(receipt["log_index"]), str(receipt["checkpoint"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"{args.receipt} is not a receipt file: {exc}") from None
+    with _client(args) as client:
+        proven = auditor.prove(client, index, note)
+    e = proven.entry
+    print(
+        f"entry {proven.index} is in {proven.checkpoint.origin}'s log of size "
+        f"{proven.checkpoint.size} (root {proven.checkpoint.root_hash.hex()[:16]}…): inclusion "
+        "proof and checkpoint signature verified"
+    )
+    print(f"  {e.get('t')} {e.get('method') or e.get('event')} -> {e.get('status', 'event')}")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------
+
+
+def _add_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", required=True, metavar="HOST:PORT", help="the node to call")
+    p.add_argument(
+        "--identity", metavar="DIR", help=f"your identity directory (default: ${IDENTITY_ENV})"
+    )
+    p.add_argument("--receipt-out", metavar="FILE", help="write the call's log receipt here")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="veil",
+        description="Veil: a privacy-preserving computation node. Data stays local; "
+        "approved jobs get aggregates, never rows; every call is logged.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def group(name: str, help_: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        g = sub.add_parser(name, help=help_, description=help_)
+        return g.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+
+    def command(
+        g: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        fn: Callable[[argparse.Namespace], int],
+        help_: str,
+    ) -> argparse.ArgumentParser:
+        p = g.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=fn)
+        return p
+
+    pki_ = group("pki", "federation PKI: CA, identities, revocation")
+    p = command(pki_, "init", cmd_pki_init, "create a federation CA in DIR")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--federation", required=True, metavar="NAME")
+    p = command(pki_, "issue", cmd_pki_issue, "issue a key and certificate for one identity")
+    p.add_argument("dir", metavar="DIR", help="the federation directory")
+    p.add_argument("--role", required=True,
+                   help="node, analyst, auditor, approver, operator or subject-representative")
+    p.add_argument("--name", required=True)
+    p.add_argument("--out", required=True, metavar="OUTDIR")
+    p.add_argument("--host", action="append", default=[], help="extra DNS name or IP (nodes)")
+    p.add_argument("--days", type=int, default=365)
+    p = command(pki_, "revoke", cmd_pki_revoke, "add a certificate to the federation's CRL")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--name", required=True)
+    p.add_argument("--role")
+    p.add_argument("--reason", default="unspecified")
+
+    node_ = group("node", "run a node: init, serve")
+    p = command(node_, "init", cmd_node_init, "create a node directory")
+    p.add_argument("node_dir", metavar="NODEDIR")
+    p.add_argument("--name", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--identity", metavar="DIR", help="a node identity from `veil pki issue`")
+    src.add_argument("--federation", metavar="DIR", help="issue the node identity from this CA")
+    p.add_argument("--listen", default="127.0.0.1:7400", metavar="HOST:PORT")
+    p.add_argument("--host", action="append", default=[], help="extra DNS name or IP")
+    p = command(node_, "serve", cmd_node_serve, "serve the node over gRPC with mTLS")
+    p.add_argument("node_dir", metavar="NODEDIR")
+    p.add_argument("--listen", metavar="HOST:PORT", help="override node.toml (port 0: any free)")
+
+    ds_ = group("dataset", "register, list and verify datasets")
+    p = command(ds_, "add", cmd_dataset_add, "register a CSV or Parquet file as a new version")
+    p.add_argument("node_dir", metavar="NODEDIR")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--key", required=True, metavar="COLUMN", help="the data subject key column")
+    p.add_argument("--level", action="append", default=[], metavar="COLUMN=LEVEL",
+                   help="public, internal, sensitive or core (default: sensitive)")
+    p.add_argument("--receipt-out", metavar="FILE", help="write the signed receipt here")
+    p = command(ds_, "list", cmd_dataset_list, "show a node's catalog (no values)")
+    _add_client_options(p)
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p = command(ds_, "verify", cmd_dataset_verify, "verify a registration receipt")
+    p.add_argument("receipt", metavar="RECEIPT")
+    p.add_argument("--ca", required=True, metavar="CA.crt", help="the federation CA certificate")
+
+    audit_ = group("audit", "verify a node's log, list entries, prove receipts")
+    p = command(audit_, "verify", cmd_audit_verify,
+                "verify a node's whole log (remote with --node, offline with NODEDIR)")
+    _add_log_source(p)
+    p.add_argument("--state", metavar="DIR",
+                   help="auditor state: what was verified last time (default ~/.veil/auditor)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p = command(audit_, "log", cmd_audit_log, "list log entries, filtered")
+    _add_log_source(p)
+    p.add_argument("--caller", help="caller name")
+    p.add_argument("--job", help="job id")
+    p.add_argument("--method", help="substring of the method or event name")
+    p.add_argument("--since", metavar="TIME", help="RFC 3339 time, inclusive")
+    p.add_argument("--until", metavar="TIME", help="RFC 3339 time, exclusive")
+    p.add_argument("--outcome", help="status: OK, PERMISSION_DENIED, …")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p = command(audit_, "prove", cmd_audit_prove,
+                "fetch and verify the inclusion proof of a call's receipt")
+    p.add_argument("receipt", metavar="RECEIPT", help="a receipt file (--receipt-out)")
+    _add_client_options(p)
+    return parser
+
+
+def _add_log_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("node_dir", nargs="?", metavar="NODEDIR", help="audit this node directory offline")
+    p.add_argument("--node", metavar="HOST:PORT", help="audit this node over the network")
+    p.add_argument("--identity", metavar="DIR", help=f"auditor identity (default: ${IDENTITY_ENV})")
+
+
+def _log_source(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(source, client-or-None) from either NODEDIR or --node."""
+    from node import auditor
+
+    if bool(args.node_dir) == bool(args.node):
+        raise InvalidInput("give either NODEDIR (offline) or --node HOST:PORT (remote), not both")
+    if args.node_dir:
+        return auditor.LocalLog(Path(args.node_dir)), None
+    client = _client(args)
+    return auditor.RemoteLog(client), client
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except VeilError as exc:
+        print(f"veil: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("veil: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Server assembly: a node directory in, a running gRPC server with mTLS out.
+
+TLS: the node presents its federation certificate and *requests* a client
+certificate without requiring it at the handshake; the gate (``node/_rpc.py``)
+refuses callers without one with ``UNAUTHENTICATED`` and a message saying so,
+and the standard health service stays open to load balancers. See the README's
+"What a client sees" table for every refusal.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sqlite3
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from veil.v1 import audit_pb2, catalog_pb2, node_pb2
+
+from node import catalog
+from node._convert import dataset_version_to_proto
+from node._rpc import Call, Gate, Method
+from node.errors import ConfigError, InvalidInput, NotFound
+from node.home import NodeHome
+from node.log import Log, event
+from node.pki import ROLES, Identity
+
+log = logging.getLogger("veil.server")
+
+VERSION = "0.1.0"
+ANY_ROLE = frozenset(ROLES)
+AUDITOR = frozenset({"auditor"})
+MAX_MESSAGE = 64 * 1024 * 1024
+ENTRY_BATCH_BYTES = 256 * 1024
+
+
+@dataclass
+class NodeRuntime:
+    """Everything the handlers of one node share."""
+
+    home: NodeHome
+    log: Log
+    conn: sqlite3.Connection = field(repr=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.home.config.name
+
+    @property
+    def cert_pem(self) -> str:
+        return self.home.identity.read_tls_cert().decode()
+
+    def deny(self, who: Identity) -> str | None:
+        policy = self.home.config.policy
+        if who.role == "analyst" and who.name in policy.deny_analysts:
+            return (
+                f"analyst {who.name!r} is on node {self.name!r}'s deny list; "
+                "contact the node operator"
+            )
+        return None
+
+    # -- NodeService -----------------------------------------------------------
+
+    def get_info(self, _req: node_pb2.GetInfoRequest, call: Call) -> node_pb2.NodeInfo:
+        ident = self.home.identity.identity
+        return node_pb2.NodeInfo(
+            name=self.name,
+            federation=ident.federation,
+            version=VERSION,
+            certificate_pem=self.cert_pem,
+            log_vkey=self.home.signer().vkey,
+            log_origin=self.home.origin,
+            job_kinds=["query"],
+            caller_role=call.identity.role,
+            caller_name=call.identity.name,
+        )
+
+    # -- CatalogService --------------------------------------------------------
+
+    def list_datasets(
+        self, _req: catalog_pb2.ListDatasetsRequest, _call: Call
+    ) -> catalog_pb2.ListDatasetsResponse:
+        pem = self.cert_pem
+        with self.lock:
+            versions = catalog.all_versions(self.conn)
+        return catalog_pb2.ListDatasetsResponse(
+            datasets=[
+                catalog_pb2.Dataset(
+                    name=name, versions=[dataset_version_to_proto(v, pem) for v in vs]
+                )
+                for name, vs in versions.items()
+            ]
+        )
+
+    def get_dataset(self, req: catalog_pb2.GetDatasetRequest, _call: Call) -> catalog_pb2.Dataset:
+        pem = self.cert_pem
+        with self.lock:
+            versions = catalog.all_versions(self.conn).get(req.name)
+            if versions is None:
+                catalog.current(self.conn, req.name)  # raises NotFound naming what exists
+                raise NotFound(req.name)
+        return catalog_pb2.Dataset(
+            name=req.name, versions=[dataset_version_to_proto(v, pem) for v in versions]
+        )
+
+    # -- AuditService ----------------------------------------------------------
+
+    def get_checkpoint(self, _req: audit_pb2.GetCheckpointRequest, _call: Call) -> audit_pb2.Checkpoint:
+        size, note = self.log.latest_checkpoint()
+        return audit_pb2.Checkpoint(note=note, size=size)
+
+    def get_entries(
+        self, req: audit_pb2.GetEntriesRequest, call: Call
+    ) -> Iterator[audit_pb2.LogEntries]:
+        size = self.log.size()
+        end = req.end or size
+        if req.start > end:
+            raise InvalidInput(f"start {req.start} is past end {end}")
+        if end > size:
+            raise InvalidInput(f"end {end} is past the latest checkpoint's size {size}")
+        call.details = {"start": req.start, "end": end}
+        return self._entry_batches(req.start, end)
+
+    def _entry_batches(self, start: int, end: int) -> Iterator[audit_pb2.LogEntries]:
+        batch = audit_pb2.LogEntries()
+        size = 0
+        for i, data in self.log.entries(start, end):
+            batch.entries.add(index=i, data=data)
+            size += len(data)
+            if size >= ENTRY_BATCH_BYTES:
+                yield batch
+                batch, size = audit_pb2.LogEntries(), 0
+        if batch.entries:
+            yield batch
+
+    def get_inclusion_proof(self, req: audit_pb2.GetInclusionProofRequest, _call: Call) -> audit_pb2.Proof:
+        size = req.tree_size or self.log.size()
+        if req.index >= size:
+            raise InvalidInput(f"index {req.index} is past the tree size {size}")
+        return audit_pb2.Proof(tree_size=size, hashes=self.log.inclusion_proof(req.index, size))
+
+    def get_consistency_proof(
+        self, req: audit_pb2.GetConsistencyProofRequest, _call: Call
+    ) -> audit_pb2.Proof:
+        size = req.new_size or self.log.size()
+        if req.old_size > size:
+            raise InvalidInput(f"old size {req.old_size} is larger than new size {size}")
+        return audit_pb2.Proof(tree_size=size, hashes=self.log.consistency_proof(req.old_size, size))
+
+    # -- assembly ----------------------------------------------------------------
+
+    def services(self) -> dict[str, list[Method]]:
+        return {
+            "veil.v1.NodeService": [
+                Method("GetInfo", node_pb2.GetInfoRequest, node_pb2.NodeInfo, ANY_ROLE, self.get_info),
+            ],
+            "veil.v1.CatalogService": [
+                Method("ListDatasets", catalog_pb2.ListDatasetsRequest,
+                       catalog_pb2.ListDatasetsResponse, ANY_ROLE, self.list_datasets),
+                Method("GetDataset", catalog_pb2.GetDatasetRequest, catalog_pb2.Dataset,
+                       ANY_ROLE, self.get_dataset),
+            ],
+            "veil.v1.AuditService": [
+                Method("GetCheckpoint", audit_pb2.GetCheckpointRequest, audit_pb2.Checkpoint,
+                       AUDITOR, self.get_checkpoint),
+                Method("GetEntries", audit_pb2.GetEntriesRequest, audit_pb2.LogEntries,
+                       AUDITOR, self.get_entries, streaming=True),
+                Method("GetInclusionProof", audit_pb2.GetInclusionProofRequest, audit_pb2.Proof,
+                       AUDITOR, self.get_inclusion_proof),
+                Method("GetConsistencyProof", audit_pb2.GetConsistencyProofRequest,
+                       audit_pb2.Proof, AUDITOR, self.get_consistency_proof),
+            ],
+        }
+
+
+@dataclass
+class RunningNode:
+    server: grpc.Server
+    runtime: NodeRuntime
+    port: int
+    address: str
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Stop accepting calls, let running ones finish, log the stop, close the log."""
+        self.server.stop(grace).wait()
+        try:
+            self.runtime.log.append(event("node.stopped", name=self.runtime.name))
+        finally:
+            self.runtime.log.close()
+            self.runtime.conn.close()
+
+
+def start(node_dir: Path, listen: str | None = None, *, workers: int = 32) -> RunningNode:
+    """Start the node's gRPC server; return once it is listening."""
+    home = NodeHome(node_dir)
+    config = home.config
+    address = listen or config.listen
+    identity = home.identity
+    trust = home.trust()
+    node_log = home.open_log()
+    runtime = NodeRuntime(home=home, log=node_log, conn=home.connect())
+    gate = Gate(trust, node_log, runtime.deny)
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veil-rpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    services = runtime.services()
+    server.add_generic_rpc_handlers([gate.service(name, ms) for name, ms in services.items()])
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    credentials = grpc.ssl_server_credentials(
+        [(identity.read_tls_key(), identity.read_tls_cert())],
+        root_certificates=identity.read_ca_cert(),
+        require_client_auth=True,
+    )
+    try:
+        port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        node_log.close()
+        raise ConfigError(
+            f"cannot listen on {address}: {exc}; is the port in use by another process?"
+        ) from None
+    if port == 0:
+        node_log.close()
+        raise ConfigError(f"cannot listen on {address}: the address is in use or invalid")
+    server.start()
+    host = address.rsplit(":", 1)[0]
+    bound = f"{host}:{port}"
+    for name in ["", *services]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    node_log.append(event("node.started", name=config.name, address=bound, version=VERSION))
+    return RunningNode(server, runtime, port, bound)
+
+
+def serve(node_dir: Path, listen: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    node = start(node_dir, listen)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"veil node {node.runtime.name!r} listening on {node.address}", flush=True)
+    stop.wait()
+    print("shutting down: finishing running calls", flush=True)
+    node.stop(grace=10)
+    print("stopped", flush=True)

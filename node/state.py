@@ -1,0 +1,111 @@
+"""The node's state: one SQLite database in the node directory.
+
+WAL mode with ``synchronous=FULL``: a committed transaction survives a crash or a
+power cut, which is what the log's write-before-release promise rests on. Every
+write that belongs to one call (the log entry, its Merkle nodes, the checkpoint,
+the meters it charges, the rows it adds) happens in one ``BEGIN IMMEDIATE``
+transaction, so a crash leaves all of it or none of it. Several processes may open
+the database (the server and `veil dataset add`); SQLite's lock orders them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+-- The log: append-only. idx is the RFC 6962 leaf index.
+CREATE TABLE IF NOT EXISTS log_entries (
+    idx   INTEGER PRIMARY KEY,
+    entry BLOB NOT NULL
+);
+-- Hash of every perfect subtree: 2**level leaves starting at leaf idx * 2**level.
+CREATE TABLE IF NOT EXISTS merkle_nodes (
+    level INTEGER NOT NULL,
+    idx   INTEGER NOT NULL,
+    hash  BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+-- One signed checkpoint per committed batch.
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY,
+    note TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    name          TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    sha256        TEXT NOT NULL,
+    rows          INTEGER NOT NULL,
+    columns_json  TEXT NOT NULL,   -- [[name, type, level], ...]
+    key_column    TEXT NOT NULL,
+    registered_at TEXT NOT NULL,
+    receipt       BLOB NOT NULL,   -- canonical JSON body
+    signature     BLOB NOT NULL,   -- Ed25519 by the node over "veil-receipt-v1\\n" || receipt
+    log_index     INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id           TEXT PRIMARY KEY,
+    canonical    BLOB NOT NULL,
+    signature    BLOB NOT NULL,
+    analyst      TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    required     TEXT NOT NULL,    -- JSON list of roles
+    submitted_at TEXT NOT NULL,
+    revoked      TEXT,             -- reason, once revoked
+    log_index    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    job_id    TEXT NOT NULL,
+    approver  TEXT NOT NULL,
+    role      TEXT NOT NULL,
+    canonical BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    log_index INTEGER NOT NULL,
+    PRIMARY KEY (job_id, approver, role)
+);
+-- One row per charged call; its log_index ties a statement line to the log.
+CREATE TABLE IF NOT EXISTS usage (
+    log_index   INTEGER PRIMARY KEY,
+    time        TEXT NOT NULL,
+    analyst     TEXT NOT NULL,
+    job_id      TEXT NOT NULL,
+    method      TEXT NOT NULL,
+    meters_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_by_job ON usage (job_id);
+CREATE INDEX IF NOT EXISTS usage_by_analyst ON usage (analyst, time);
+"""
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the state database with the durability settings the log relies on."""
+    if readonly:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def create(path: Path) -> None:
+    """Create the schema in a new database file."""
+    conn = connect(path)
+    try:
+        conn.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+    finally:
+        conn.close()

@@ -105,7 +105,68 @@ def cmd_node_init(args: argparse.Namespace) -> int:
 def cmd_node_serve(args: argparse.Namespace) -> int:
     from node.server import serve
 
+    if args.detach:
+        return _serve_detached(Path(args.node_dir), args.listen)
     serve(Path(args.node_dir), args.listen)
+    return 0
+
+
+def _serve_detached(node_dir: Path, listen: str | None) -> int:
+    """Start `veil node serve` in the background; return once it listens (or failed)."""
+    import subprocess
+    import time
+
+    from node.home import NodeHome
+
+    home = NodeHome(node_dir)
+    home.check()
+    pid_file, log_file = node_dir / "serve.pid", node_dir / "serve.log"
+    if pid_file.exists() and _alive(int(pid_file.read_text())):
+        raise InvalidInput(f"node in {node_dir} already runs as pid {pid_file.read_text().strip()}")
+    cmd = [sys.executable, "-m", "node.cli", "node", "serve", str(node_dir)]
+    if listen:
+        cmd += ["--listen", listen]
+    with log_file.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = log_file.read_text()
+        if "listening on" in text:
+            pid_file.write_text(f"{proc.pid}\n")
+            print(text.strip().splitlines()[0])
+            print(f"  pid {proc.pid}; output in {log_file}; stop with `veil node stop {node_dir}`")
+            return 0
+        if proc.poll() is not None:
+            print(text.strip(), file=sys.stderr)
+            return EXIT_ERROR
+        time.sleep(0.05)
+    proc.terminate()
+    raise InvalidInput(f"node did not start listening within 30 s; see {log_file}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def cmd_node_stop(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    pid_file = Path(args.node_dir) / "serve.pid"
+    if not pid_file.exists():
+        raise InvalidInput(f"no detached node runs from {args.node_dir} (no serve.pid)")
+    pid = int(pid_file.read_text())
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    pid_file.unlink()
+    print(f"node in {args.node_dir} stopped")
     return 0
 
 
@@ -342,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(node_, "serve", cmd_node_serve, "serve the node over gRPC with mTLS")
     p.add_argument("node_dir", metavar="NODEDIR")
     p.add_argument("--listen", metavar="HOST:PORT", help="override node.toml (port 0: any free)")
+    p.add_argument("--detach", action="store_true",
+                   help="run in the background; return once listening (stop: `veil node stop`)")
+    p = command(node_, "stop", cmd_node_stop, "stop a node started with --detach (SIGTERM)")
+    p.add_argument("node_dir", metavar="NODEDIR")
 
     ds_ = group("dataset", "register, list and verify datasets")
     p = command(ds_, "add", cmd_dataset_add, "register a CSV or Parquet file as a new version")
@@ -411,6 +476,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("veil: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `veil … | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

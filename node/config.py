@@ -1,0 +1,433 @@
+"""node.toml: a node's name, address, sandbox limits, policy and tariff.
+
+:func:`load_config` reads and validates ``<node_dir>/node.toml`` into a frozen
+:class:`NodeConfig`. Every error names the file, the key, what was expected and what was
+found. Unknown keys are errors: a typo (``deny_colums``) must never silently switch a
+control off. Prices are decimal *strings* (``"0.001"``), never TOML floats.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from node.errors import ConfigError, InvalidInput
+from node.jobs import (
+    KINDS,
+    LEVELS,
+    MASKS,
+    METER_NAMES,
+    QUOTA_METERS,
+    ApprovalRule,
+    NodePolicy,
+    Quota,
+    Tariff,
+)
+from node.jobs._approval import ROLE
+from node.jobs._spec import IDENTIFIER, NODE_NAME
+
+CONFIG_FILE = "node.toml"
+DEFAULT_LISTEN = "127.0.0.1:7400"
+
+_PRICE = re.compile(r"\d+(\.\d+)?")
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+_GLOB = re.compile(r"[A-Za-z0-9_*?\[\]!-]+")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Sandbox limits applied to every query."""
+
+    memory_limit_mb: int = 1024
+    threads: int = 2
+    timeout_s: int = 30
+    max_result_rows: int = 10_000
+    max_sql_bytes: int = 100_000
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    path: Path  # the node.toml it was read from
+    name: str
+    listen: str
+    limits: Limits
+    policy: NodePolicy
+    tariff: Tariff
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:7400"`` → ``("127.0.0.1", 7400)``; ``"[::1]:0"`` → ``("[::1]", 0)``."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not _HOST.fullmatch(host) or not port.isdigit() or int(port) > 65535:
+        raise ValueError(listen)
+    return host, int(port)
+
+
+# ------------------------------------------------------------------ validation
+
+
+class _Reader:
+    """Typed access to a parsed TOML document with errors that name file and key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {message}")
+
+    def table(self, doc: Mapping[str, Any], key: str, allowed: Sequence[str]) -> dict[str, Any]:
+        """The table at ``key`` (empty when absent), refusing keys not in ``allowed``."""
+        name = key.rpartition(".")[2]
+        value = doc.get(name, {})
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a table, got {_describe(value)}")
+        for k in value:
+            if k not in allowed:
+                close = difflib.get_close_matches(k, allowed, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise self.error(
+                    f"{key}.{k}",
+                    f"unknown key (allowed in [{key}]: {', '.join(allowed)}){hint}",
+                )
+        return value
+
+    def integer(self, table: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+        value = table.get(key.rpartition(".")[2], default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.error(
+                key, f"expected an integer of at least {minimum}, got {_describe(value)}"
+            )
+        return value
+
+    def boolean(self, table: Mapping[str, Any], key: str, default: bool) -> bool:
+        value = table.get(key.rpartition(".")[2], default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {_describe(value)}")
+        return value
+
+    def string(self, table: Mapping[str, Any], key: str, default: str | None = None) -> str:
+        name = key.rpartition(".")[2]
+        if name not in table and default is None:
+            raise self.error(key, "required")
+        value = table.get(name, default)
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {_describe(value)}")
+        return value
+
+    def strings(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        pattern: re.Pattern[str],
+        expected: str,
+        default: Sequence[str] = (),
+    ) -> list[str]:
+        value = table.get(key.rpartition(".")[2], list(default))
+        if not isinstance(value, list):
+            raise self.error(key, f"expected a list of {expected}, got {_describe(value)}")
+        for item in value:
+            if not isinstance(item, str) or not pattern.fullmatch(item):
+                raise self.error(key, f"expected {expected}, got {_describe(item)}")
+        return value
+
+
+def _describe(value: object) -> str:
+    kind = {
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        list: "list",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
+    return f"{kind} {value!r}"
+
+
+def _choice(words: Sequence[str]) -> re.Pattern[str]:
+    return re.compile("|".join(re.escape(w) for w in words))
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def load_config(node_dir: Path) -> NodeConfig:
+    """Read and validate ``node_dir/node.toml``; raise :class:`ConfigError` on any problem."""
+    path = Path(node_dir) / CONFIG_FILE
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found; create it with `veil node init {node_dir}`") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(doc, path)
+
+
+def parse_config(doc: Mapping[str, Any], path: Path) -> NodeConfig:
+    """Validate an already-parsed node.toml document (``path`` is used in messages)."""
+    r = _Reader(path)
+    for key in doc:
+        if key not in ("node", "limits", "policy", "tariff"):
+            close = difflib.get_close_matches(key, ["node", "limits", "policy", "tariff"], n=1)
+            hint = f"; did you mean [{close[0]}]?" if close else ""
+            raise r.error(key, f"unknown section (sections: node, limits, policy, tariff){hint}")
+    if "node" not in doc:
+        raise r.error("node", 'required: a [node] table with at least name = "..."')
+    node = r.table(doc, "node", ("name", "listen"))
+    name = r.string(node, "node.name")
+    if not NODE_NAME.fullmatch(name):
+        raise r.error(
+            "node.name", f"expected letters, digits, '.', '_', '-' (at most 63), got {name!r}"
+        )
+    listen = r.string(node, "node.listen", DEFAULT_LISTEN)
+    try:
+        split_listen(listen)
+    except ValueError:
+        raise r.error(
+            "node.listen",
+            f"expected host:port with port 0-65535 (0 = any free port), got {listen!r}",
+        ) from None
+    return NodeConfig(
+        path=path,
+        name=name,
+        listen=listen,
+        limits=_limits(r, r.table(doc, "limits", tuple(Limits.__dataclass_fields__))),
+        policy=_policy(r, doc),
+        tariff=_tariff(r, doc),
+    )
+
+
+def _limits(r: _Reader, table: Mapping[str, Any]) -> Limits:
+    defaults = Limits()
+    return Limits(
+        **{
+            name: r.integer(table, f"limits.{name}", getattr(defaults, name), 1)
+            for name in Limits.__dataclass_fields__
+        }
+    )
+
+
+_POLICY_KEYS = (
+    "min_group_size",
+    "allow_min_max",
+    "allow_kinds",
+    "deny_analysts",
+    "deny_columns",
+    "deny_functions",
+    "masked_columns",
+    "max_quota",
+    "approval",
+)
+_RULE_KEYS = ("roles", "min_level", "kinds", "datasets")
+
+
+def _policy(r: _Reader, doc: Mapping[str, Any]) -> NodePolicy:
+    p = r.table(doc, "policy", _POLICY_KEYS)
+    kinds = _choice(KINDS)
+    allow_kinds = r.strings(p, "policy.allow_kinds", kinds, f"one of {', '.join(KINDS)}", KINDS)
+    deny_analysts = r.strings(p, "policy.deny_analysts", re.compile(r"\S(.*\S)?"), "analyst names")
+    deny_columns = r.strings(
+        p,
+        "policy.deny_columns",
+        re.compile(f"{_GLOB.pattern}\\.{_GLOB.pattern}"),
+        '"dataset.column" (globs * ? allowed)',
+    )
+    deny_functions = r.strings(p, "policy.deny_functions", IDENTIFIER, "SQL function names")
+    masked = p.get("masked_columns", {})
+    if not isinstance(masked, dict):
+        raise r.error("policy.masked_columns", f"expected a table, got {_describe(masked)}")
+    qualified = re.compile(f"{IDENTIFIER.pattern}\\.{IDENTIFIER.pattern}")
+    for key, mask in masked.items():
+        where = f'policy.masked_columns."{key}"'
+        if not qualified.fullmatch(key):
+            raise r.error(where, 'expected keys of the form "dataset.column"')
+        if mask not in MASKS:
+            raise r.error(where, f"expected one of {', '.join(MASKS)}, got {_describe(mask)}")
+    return NodePolicy(
+        min_group_size=r.integer(p, "policy.min_group_size", 10, 2),
+        allow_min_max=r.boolean(p, "policy.allow_min_max", False),
+        allow_kinds=frozenset(allow_kinds),
+        deny_analysts=frozenset(deny_analysts),
+        deny_columns=tuple(deny_columns),
+        deny_functions=frozenset(f.lower() for f in deny_functions),
+        masked_columns=dict(masked),
+        max_quota=_max_quota(r, p),
+        approval=_rules(r, p),
+    )
+
+
+def _max_quota(r: _Reader, p: Mapping[str, Any]) -> Quota | None:
+    if "max_quota" not in p:
+        return None
+    table = r.table(p, "policy.max_quota", QUOTA_METERS)
+    values = {
+        m: r.integer(table, f"policy.max_quota.{m}", 0, 1 if m == "runs" else 0) for m in table
+    }
+    return Quota(**values)
+
+
+def _rules(r: _Reader, p: Mapping[str, Any]) -> tuple[ApprovalRule, ...]:
+    entries = p.get("approval", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise r.error("policy.approval", "expected [[policy.approval]] tables")
+    rules = []
+    for i, entry in enumerate(entries):
+        key = f"policy.approval[{i}]"
+        for k in entry:
+            if k not in _RULE_KEYS:
+                close = difflib.get_close_matches(k, _RULE_KEYS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise r.error(f"{key}.{k}", f"unknown key (allowed: {', '.join(_RULE_KEYS)}){hint}")
+        if "roles" not in entry:
+            raise r.error(f"{key}.roles", "required: the roles whose approval the rule adds")
+        roles = r.strings(entry, f"{key}.roles", ROLE, 'role names like "operator"')
+        if not roles:
+            raise r.error(f"{key}.roles", "expected at least one role")
+        min_level = r.string(entry, f"{key}.min_level", "public")
+        if min_level not in LEVELS:
+            raise r.error(
+                f"{key}.min_level", f"expected one of {', '.join(LEVELS)}, got {min_level!r}"
+            )
+        if min_level == "core":
+            raise r.error(
+                f"{key}.min_level",
+                "core columns never take part in jobs, so this rule would never apply; "
+                "use sensitive",
+            )
+        kinds = r.strings(
+            entry, f"{key}.kinds", _choice(KINDS), f"one of {', '.join(KINDS)}", KINDS
+        )
+        datasets = r.strings(entry, f"{key}.datasets", _GLOB, "dataset names or globs", ["*"])
+        if not kinds or not datasets:
+            raise r.error(key, "kinds and datasets, when given, must not be empty lists")
+        try:
+            rules.append(
+                ApprovalRule(frozenset(roles), min_level, frozenset(kinds), tuple(datasets))
+            )
+        except InvalidInput as exc:  # backstop: the checks above should have caught it
+            raise r.error(key, str(exc)) from None
+    return tuple(rules)
+
+
+def _tariff(r: _Reader, doc: Mapping[str, Any]) -> Tariff:
+    t = r.table(doc, "tariff", ("currency", "prices"))
+    currency = r.string(t, "tariff.currency", "CNY")
+    if not _CURRENCY.fullmatch(currency):
+        raise r.error(
+            "tariff.currency", f'expected a 3-letter ISO 4217 code like "CNY", got {currency!r}'
+        )
+    prices_table = r.table(t, "tariff.prices", METER_NAMES)
+    prices = {}
+    for meter, value in prices_table.items():
+        key = f"tariff.prices.{meter}"
+        if isinstance(value, float):
+            raise r.error(
+                key,
+                f'expected a decimal string like "{value}", got the float {value}: TOML '
+                "floats are binary and cannot hold most decimal prices exactly; quote it",
+            )
+        if not isinstance(value, str) or not _PRICE.fullmatch(value):
+            raise r.error(
+                key,
+                f'expected a non-negative decimal string like "0.001", got {_describe(value)}',
+            )
+        prices[meter] = Decimal(value)
+    return Tariff(currency, prices)
+
+
+# ------------------------------------------------------------------ node init
+
+
+def default_config_text(name: str, listen: str = DEFAULT_LISTEN) -> str:
+    """The commented node.toml that ``veil node init`` writes; it loads as the defaults
+    plus a two-sided approval rule for sensitive columns."""
+    if not NODE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"node name: expected letters, digits, '.', '_', '-' (at most 63), got {name!r}"
+        )
+    try:
+        split_listen(listen)
+    except ValueError:
+        raise ConfigError(f"listen: expected host:port with port 0-65535, got {listen!r}") from None
+    return _TEMPLATE.format(
+        name=name, listen=listen, levels=", ".join(LEVELS), meters=", ".join(METER_NAMES)
+    )
+
+
+_TEMPLATE = """\
+# node.toml: configuration of one Veil node. Unknown keys are errors, so a typo
+# can never silently switch a control off. Edit, then restart `veil node serve`.
+
+[node]
+name = "{name}"                  # this node's name in the federation (matches its certificate)
+listen = "{listen}"          # host:port to serve gRPC (mTLS) on; port 0 = pick a free one
+
+[limits]                          # sandbox limits applied to every query
+memory_limit_mb = 1024            # memory a single query may use
+threads = 2                       # engine threads per query
+timeout_s = 30                    # wall-clock seconds before a query is cancelled
+max_result_rows = 10000           # rows a query may return (after suppression)
+max_sql_bytes = 100000            # longest SQL text accepted
+
+[policy]
+min_group_size = 10               # smallest group of subjects an aggregate may describe (>= 2);
+                                  # smaller groups are suppressed and only counted
+allow_min_max = false             # MIN/MAX reveal one subject's value: off unless you need them
+allow_kinds = ["sum", "psi", "intersection_sum", "query"]   # job kinds this node runs
+deny_analysts = []                # analyst names refused on every call, e.g. ["mallory"]
+deny_columns = []                 # negative list of "dataset.column" (globs * ? allowed),
+                                  # e.g. ["customers.phone", "*.national_id"]
+deny_functions = []               # SQL functions refused in queries, e.g. ["regexp_matches"]
+masked_columns = {{}}               # "dataset.column" = "phone" | "email": values masked in queries
+# max_quota = {{ runs = 1000, rows_scanned = 100000000, items = 10000000 }}
+                                  # optional caps on any job's quota (runs, rows_scanned, items);
+                                  # a job asking for more is refused, an unset meter is capped
+
+# Approval rules. Column levels: {levels} (core columns are never used).
+# Every job needs the operator's approval; each rule that matches a job adds its roles.
+# A rule matches when the job's kind is in `kinds` (default: all), this node's dataset
+# matches one of `datasets` (globs, default ["*"]) and the job touches a column at
+# `min_level` or above (default "public": every job).
+[[policy.approval]]
+roles = ["operator"]
+
+[[policy.approval]]               # two-sided authorization for sensitive data
+roles = ["operator", "subject-representative"]
+min_level = "sensitive"
+# kinds = ["query", "sum", "psi", "intersection_sum"]
+# datasets = ["*"]
+
+[tariff]
+currency = "CNY"                  # ISO 4217 code
+
+[tariff.prices]                   # price per unit, as exact decimal strings (never floats);
+                                  # unlisted meters are free. Meters: {meters}.
+                                  # Lines are exact; a statement's total is rounded to 0.01.
+runs = "0"
+rows_scanned = "0"
+result_rows = "0"
+items = "0"
+ciphertexts = "0"
+cpu_ms = "0"
+bytes_out = "0"
+"""

@@ -788,3 +788,21 @@ def test_price_is_additive(a: Meters, b: Meters) -> None:
 def test_tariff_rejects_bad_prices(currency: str, prices: dict, fragment: str) -> None:
     with pytest.raises(InvalidInput, match=re.escape(fragment)):
         Tariff(currency, prices)
+
+
+def test_relative_expiry_is_resolved_at_parse_time() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from node.jobs import parse_job_toml
+
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    text = (
+        'purpose = "p"\nkind = "query"\nexpires = "30d"\n[quota]\nruns = 1\n'
+        '[[nodes]]\nname = "a"\ndataset = "t"\ncolumns = ["x"]\n'
+        '[params]\nsql = "SELECT COUNT(x) FROM t"\n'
+    )
+    spec = parse_job_toml(text, analyst="alice", normalize_sql=lambda s: s, now=now)
+    assert spec.expires == now + timedelta(days=30)
+    with pytest.raises(InvalidInput, match="duration from now"):
+        parse_job_toml(text.replace('"30d"', '"30 days"'), analyst="alice",
+                       normalize_sql=lambda s: s, now=now)

@@ -105,6 +105,9 @@ def format_time(moment: datetime) -> str:
     return text + "Z"
 
 
+_RELATIVE = re.compile(r"([1-9][0-9]{0,3})([dh])")
+
+
 def parse_time(text: object, where: str) -> datetime:
     """Strict inverse of :func:`format_time`."""
     if not isinstance(text, str) or not _TIME.fullmatch(text):
@@ -304,12 +307,17 @@ def parse_job_toml(
     if kind not in KINDS:
         raise InvalidInput(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
     expires = doc["expires"]
+    now = datetime.now(UTC) if now is None else now
+    if isinstance(expires, str) and (m := _RELATIVE.fullmatch(expires.strip())):
+        # "30d" or "12h": resolved now, so the signed spec carries an absolute time
+        amount, unit = int(m.group(1)), m.group(2)
+        expires = now + (timedelta(days=amount) if unit == "d" else timedelta(hours=amount))
     if not isinstance(expires, datetime) or expires.tzinfo is None:
         raise InvalidInput(
-            f"expires: expected an offset date-time like 2026-12-31T00:00:00Z, got {expires!r}"
+            f"expires: expected an offset date-time like 2026-12-31T00:00:00Z or a duration "
+            f"from now like \"30d\" or \"12h\", got {expires!r}"
             " (a date or local time is ambiguous across time zones)"
         )
-    now = datetime.now(UTC) if now is None else now
     if expires <= now:
         raise InvalidInput(
             f"expires: the job expired at {format_time(expires)} (now {format_time(now)}); "

@@ -1,0 +1,82 @@
+"""The sandbox query engine: analysts' SQL on a node's own Parquet snapshots, in DuckDB.
+
+An analyst submits one SELECT; :func:`validate` checks it with DuckDB's own parser against the
+job's datasets (:class:`Table`) and the data holder's :class:`Policy` before any data is
+touched; :func:`run` executes the approved :class:`ValidatedQuery` in a fresh, locked-down
+DuckDB and returns a :class:`QueryResult`. :func:`normalize` gives the canonical text that
+approvals bind to. Pure library: no gRPC, no dependency on ``node``.
+
+What a query may reveal
+-----------------------
+A query reads exactly one dataset. Its result is the output of one aggregate query (the
+dataset query), optionally post-processed by outer SELECTs that see nothing else. Each row of
+the dataset query is one group (or the single global group) that covers at least
+``Policy.min_group_size`` distinct subjects (distinct non-NULL values of ``Table.key_column``)
+among the rows that passed its WHERE clause. Groups below that size are deleted before anything
+else is computed on them; only their number is reported (``QueryResult.suppressed_groups``,
+counted before HAVING, ORDER BY and LIMIT, so it depends only on WHERE and GROUP BY, which
+cannot name sensitive columns). For each surviving group the analyst may see:
+
+- its group keys: expressions over ``public`` and ``internal`` columns, and over masked
+  columns in their masked form only (``138****1234``);
+- aggregates over all of the group's rows: ``COUNT``, ``SUM``, ``AVG`` of ``sensitive``
+  columns (and ``MIN``/``MAX`` when ``Policy.allow_min_max``); ``COUNT``, ``SUM``, ``AVG``,
+  ``MIN``, ``MAX``, ``MEDIAN`` of public and internal columns (a MIN, MAX or MEDIAN of an
+  internal column is one subject's value, though not whose); ``COUNT`` of a masked column;
+  ``COUNT(DISTINCT key)``; and expressions computed from these;
+- whether the group satisfies the analyst's HAVING, and its place in ORDER BY / LIMIT.
+
+Nothing else leaves: no row, no ``core`` column, no column or function on the negative list,
+no key value, no sensitive value except through those aggregates, no unmasked value of a
+masked column. Every aggregate's argument is a plain column, so every aggregate covers exactly
+the group that was checked for size. Beyond the result, an analyst learns how long the query
+took and, if it fails, the kind of error: an expression over public or internal columns in
+WHERE or GROUP BY that fails on some row (a CAST, say) tells that such a row exists (DuckDB's
+message, which may quote the value, is withheld).
+
+Out of scope: differencing across queries. Two approved queries whose groups differ by one
+subject (``WHERE age >= 30`` and ``WHERE age >= 31``, or the same aggregate with and without
+one region) reveal that subject's contribution by subtraction; the sandbox checks each query on
+its own, so approvers must look at each query in the light of what was approved before (and
+quotas bound how many can run). Within one query, the rules close the known routes: FILTER
+clauses, expressions inside aggregates, ROLLUP/GROUPING SETS, set operations, joins, subqueries
+in expressions.
+
+The exact rules are in ``sandbox/_rules.py``; isolation, group-size enforcement and metering
+in ``sandbox/_engine.py``; the result's canonical serialization and digest in
+``sandbox/_result.py``; masks in ``sandbox/_masks.py``.
+"""
+
+from __future__ import annotations
+
+from sandbox._engine import run
+from sandbox._errors import QueryLimitExceeded, QueryRejected, SandboxError
+from sandbox._model import (
+    LEVELS,
+    MASK_KINDS,
+    Column,
+    Limits,
+    Meters,
+    Policy,
+    QueryResult,
+    Table,
+)
+from sandbox._query import ValidatedQuery, normalize, validate
+
+__all__ = [
+    "LEVELS",
+    "MASK_KINDS",
+    "Column",
+    "Limits",
+    "Meters",
+    "Policy",
+    "QueryLimitExceeded",
+    "QueryRejected",
+    "QueryResult",
+    "SandboxError",
+    "Table",
+    "ValidatedQuery",
+    "normalize",
+    "run",
+    "validate",
+]

@@ -340,6 +340,178 @@ def cmd_audit_prove(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- jobs --------------------------------------------------------------------------
+
+
+def _nodes(args: argparse.Namespace) -> list[str]:
+    return list(args.node)
+
+
+def cmd_job_submit(args: argparse.Namespace) -> int:
+    from node.client import Client, sign_job_text
+
+    try:
+        text = Path(args.job).read_text()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read job file {args.job}: {exc.strerror}") from None
+    ident = _identity(args)
+    from node import pki
+
+    local = pki.load_identity(ident)
+    signed = sign_job_text(text, local)  # one signature, the same job id at every node
+    for address in _nodes(args):
+        with Client(address, local) as client:
+            job = client.submit_signed(signed)
+        print(f"{address}: job {job.id} {job.state}; needs {', '.join(job.required_roles)}")
+    return 0
+
+
+def _show_job(job: Any, address: str) -> None:
+    print(f"job {job.id} at {address}: {job.state}")
+    print(f"  analyst {job.analyst}, kind {job.kind}, expires {job.expires}")
+    print(f"  purpose: {job.purpose}")
+    approvals = ", ".join(f"{a['role']} {a['approver']} {a['decision']}d" for a in job.approvals)
+    print(f"  approvals: {approvals or 'none'}; missing: {', '.join(job.missing_roles) or 'none'}")
+    if job.revoked_reason:
+        print(f"  revoked: {job.revoked_reason}")
+    quota = ", ".join(
+        f"{k} {job.used.get(k, 0)}/{v if v else 'unlimited'}" for k, v in job.quota.items()
+    )
+    print(f"  quota used/granted: {quota}")
+    for line in job.estimate.get("lines", []):
+        print(f"  estimate: {line}")
+
+
+def cmd_job_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        jobs = client.jobs(analyst=args.analyst or "", state=args.state or "")
+    rows = [(j.id, j.analyst, j.kind, j.state, ",".join(j.missing_roles) or "-",
+             f"{j.used.get('runs', 0)}/{j.quota.get('runs') or '∞'}") for j in jobs]
+    _print_table(("job", "analyst", "kind", "state", "missing", "runs"), rows)
+    return 0
+
+
+def cmd_job_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _show_job(client.job(args.job_id), args.node)
+    return 0
+
+
+def cmd_job_approve(args: argparse.Namespace) -> int:
+    quota = {k: v for k, v in (("runs", args.runs), ("rows_scanned", args.rows_scanned),
+                               ("items", args.items)) if v is not None}
+    with _client(args) as client:
+        job = client.approve(args.job_id, quota=quota or None, reason=args.reason or "")
+    _show_job(job, args.node)
+    return 0
+
+
+def cmd_job_reject(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.reject(args.job_id, args.reason)
+    _show_job(job, args.node)
+    return 0
+
+
+def cmd_job_revoke(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.revoke(args.job_id, args.reason)
+    _show_job(job, args.node)
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        st = client.statement(args.analyst or "", args.start or "", args.end or "")
+    if args.format == "json":
+        print(json.dumps({**st.to_json(), "from": args.start or "", "to": args.end or ""},
+                         indent=2))
+    elif args.format == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(["log_index", "time", "job", "method", "runs", "rows_scanned", "result_rows",
+                    "items", "ciphertexts", "cpu_ms", "bytes_out", "amount", "currency"])
+        for line in st.lines:
+            m = line["meters"]
+            w.writerow([line["log_index"], line["time"], line["job"], line["method"], m["runs"],
+                        m["rows_scanned"], m["result_rows"], m["items"], m["ciphertexts"],
+                        m["cpu_ms"], m["bytes_out"], line["amount"], st.currency])
+    else:
+        print(f"usage statement: analyst {st.analyst} at node {st.node}")
+        _print_table(
+            ("log index", "time", "job", "method", "rows scanned", "amount"),
+            [(line["log_index"], line["time"][:19], line["job"][:12],
+              line["method"].rsplit("/", 1)[-1], line["meters"]["rows_scanned"],
+              f"{line['amount']} {st.currency}") for line in st.lines],
+        )
+        print(f"total: {st.total} {st.currency} for {len(st.lines)} charged calls")
+    if args.out:
+        doc = {**st.to_json(), "from": args.start or "", "to": args.end or ""}
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.query(args.job_id)
+        _write_receipt(args, client)
+        receipt = client.last_receipt
+    rows = result.records()
+    if args.format == "json":
+        print(json.dumps({
+            "columns": list(result.columns), "rows": [list(r) for r in rows],
+            "suppressed_groups": result.suppressed_groups, "meters": result.meters,
+            "result_sha256": result.result_sha256,
+            "log_index": receipt.log_index if receipt else None,
+        }, indent=2, default=str))
+        return 0
+    if args.format == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(result.columns)
+        w.writerows(rows)
+        return 0
+    _print_table(result.columns, [[_fmt(v) for v in r] for r in rows])
+    print(f"{len(rows)} groups; {result.suppressed_groups} suppressed (fewer subjects than the "
+          f"node's minimum group size); {result.meters['rows_scanned']:,} rows scanned"
+          + (f"; log index {receipt.log_index}" if receipt else ""))
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.4f}".rstrip("0").rstrip(".")
+    return "NULL" if v is None else str(v)
+
+
+def cmd_audit_replay(args: argparse.Namespace) -> int:
+    from node import queries
+
+    results = queries.replay(Path(args.node_dir), args.start)
+    bad = [r for r in results if not r.ok]
+    for r in results:
+        mark = "ok      " if r.ok else "MISMATCH"
+        print(f"{mark} entry {r.index} job {r.job[:12]} logged {r.logged[:16]} "
+              f"replayed {r.replayed[:16]}")
+    print(f"{len(results)} query calls replayed, {len(bad)} mismatched")
+    return EXIT_ERROR if bad else 0
+
+
+def cmd_audit_reconcile(args: argparse.Namespace) -> int:
+    from node import auditor
+
+    try:
+        statement = json.loads(Path(args.statement).read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"cannot read statement {args.statement}: {exc}") from None
+    with _client(args) as client:
+        result = auditor.reconcile(client, statement)
+    print(result)
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------
 
 
@@ -444,6 +616,53 @@ def build_parser() -> argparse.ArgumentParser:
                 "fetch and verify the inclusion proof of a call's receipt")
     p.add_argument("receipt", metavar="RECEIPT", help="a receipt file (--receipt-out)")
     _add_client_options(p)
+    p = command(audit_, "reconcile", cmd_audit_reconcile,
+                "check a usage statement line by line against the verified log")
+    p.add_argument("statement", metavar="STATEMENT.json", help="from `veil usage --out`")
+    _add_client_options(p)
+
+    p = command(audit_, "replay", cmd_audit_replay,
+                "re-run logged query calls on their exact dataset versions; compare digests")
+    p.add_argument("--node-dir", required=True, metavar="NODEDIR")
+    p.add_argument("--from", dest="start", type=int, default=0, metavar="INDEX")
+
+    p = command(sub, "query", cmd_query, "run an approved query job; prints aggregates only")
+    p.add_argument("job_id", metavar="JOB_ID")
+    _add_client_options(p)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    job_ = group("job", "submit, approve and manage jobs")
+    p = command(job_, "submit", cmd_job_submit, "sign a job spec and submit it to its nodes")
+    p.add_argument("job", metavar="JOB.toml")
+    p.add_argument("--node", action="append", required=True, metavar="HOST:PORT",
+                   help="a node the job names (repeat for each)")
+    p.add_argument("--identity", metavar="DIR", help=f"analyst identity (default: ${IDENTITY_ENV})")
+    p = command(job_, "list", cmd_job_list, "list jobs with status, missing approvals, quota")
+    _add_client_options(p)
+    p.add_argument("--analyst")
+    p.add_argument("--state", choices=("pending", "approved", "rejected", "revoked", "expired"))
+    for name, fn, text in (("show", cmd_job_show, "a job with its dry-run estimate"),
+                           ("approve", cmd_job_approve, "sign and send an approval"),
+                           ("reject", cmd_job_reject, "sign and send a rejection"),
+                           ("revoke", cmd_job_revoke, "stop a job's grant at once (operator)")):
+        p = command(job_, name, fn, text)
+        p.add_argument("job_id", metavar="JOB_ID")
+        _add_client_options(p)
+        if name == "approve":
+            p.add_argument("--runs", type=int, help="narrow the quota: runs")
+            p.add_argument("--rows-scanned", type=int, help="narrow the quota: rows scanned")
+            p.add_argument("--items", type=int, help="narrow the quota: items")
+            p.add_argument("--reason", help="a note for the analyst")
+        elif name in ("reject", "revoke"):
+            p.add_argument("--reason", required=True)
+
+    p = command(sub, "usage", cmd_usage, "a priced usage statement; each line cites its log index")
+    _add_client_options(p)
+    p.add_argument("--analyst", help="whose (analysts: their own)")
+    p.add_argument("--from", dest="start", metavar="TIME", help="RFC 3339, inclusive")
+    p.add_argument("--to", dest="end", metavar="TIME", help="RFC 3339, exclusive")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--out", metavar="FILE", help="also write the statement as JSON here")
     return parser
 
 

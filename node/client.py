@@ -13,8 +13,11 @@ and the signed checkpoint covering it) is in ``last_receipt``. A refusal raises 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +27,21 @@ from veil.v1 import (
     audit_pb2_grpc,
     catalog_pb2,
     catalog_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
 )
 
 from node import pki
-from node._convert import dataset_version_from_proto
+from node._convert import dataset_version_from_proto, meters_from_proto, query_result_from_proto
 from node._rpc import TRAILER_CHECKPOINT, TRAILER_INDEX
 from node.catalog import DatasetVersion
-from node.errors import InvalidInput, VeilError, remote_error
+from node.errors import InvalidInput, Unauthenticated, VeilError, remote_error
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -62,6 +71,70 @@ class NodeInfo:
     caller_name: str
 
 
+@dataclass(frozen=True)
+class JobInfo:
+    """A job as one node holds it."""
+
+    id: str
+    analyst: str
+    kind: str
+    purpose: str
+    state: str  # pending, approved, rejected, revoked, expired
+    required_roles: tuple[str, ...]
+    missing_roles: tuple[str, ...]
+    approvals: tuple[dict[str, str], ...]
+    quota: dict[str, int]  # 0 = no cap for optional meters
+    used: dict[str, int]
+    expires: str
+    revoked_reason: str
+    estimate: dict[str, Any]
+
+    @classmethod
+    def from_proto(cls, j: Any) -> JobInfo:
+        return cls(
+            j.job_id, j.analyst, j.kind, j.purpose, j.state, tuple(j.required_roles),
+            tuple(j.missing_roles),
+            tuple({"approver": a.approver, "role": a.role, "decision": a.decision,
+                   "reason": a.reason, "time": a.time} for a in j.approvals),
+            {"runs": j.quota.runs, "rows_scanned": j.quota.rows_scanned, "items": j.quota.items},
+            meters_from_proto(j.used), j.expires, j.revoked_reason,
+            json.loads(j.estimate_json) if j.estimate_json else {},
+        )
+
+
+@dataclass(frozen=True)
+class Statement:
+    node: str
+    analyst: str
+    currency: str
+    lines: tuple[dict[str, Any], ...]  # log_index, time, job, method, meters, amount (Decimal)
+    total: Decimal
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node, "analyst": self.analyst, "currency": self.currency,
+            "lines": [{**line, "amount": str(line["amount"])} for line in self.lines],
+            "total": str(self.total),
+        }
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """An approved query's answer: aggregates only, as numpy arrays by column."""
+
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+    arrays: dict[str, Any]  # name -> numpy.ndarray
+    rows: int
+    suppressed_groups: int
+    meters: dict[str, int]
+    result_sha256: str
+    dataset_versions: tuple[str, ...]
+
+    def records(self) -> list[tuple[Any, ...]]:
+        return list(zip(*(self.arrays[c].tolist() for c in self.columns)))
+
+
 class Client:
     """A connection to one node, authenticated with a federation identity directory."""
 
@@ -81,6 +154,13 @@ class Client:
             else pki.load_identity(Path(identity).expanduser())
         )
         self.timeout = timeout
+        expires = self.identity.identity.not_after
+        if expires <= datetime.now(UTC):
+            # the node would only drop the handshake; say why here instead
+            raise Unauthenticated(
+                f"your certificate ({self.identity.directory}) expired on "
+                f"{expires:%Y-%m-%d %H:%M} UTC; ask the federation operator for a new one"
+            )
         credentials = grpc.ssl_channel_credentials(
             root_certificates=self.identity.read_ca_cert(),
             private_key=self.identity.read_tls_key(),
@@ -97,6 +177,10 @@ class Client:
         self._node = node_pb2_grpc.NodeServiceStub(self._channel)
         self._catalog = catalog_pb2_grpc.CatalogServiceStub(self._channel)
         self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)
+        self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self._usage = usage_pb2_grpc.UsageServiceStub(self._channel)
+        self._query = query_pb2_grpc.QueryServiceStub(self._channel)
+        self._node_name: str | None = None
         self.last_receipt: CallReceipt | None = None
 
     # -- plumbing ----------------------------------------------------------------
@@ -201,3 +285,88 @@ class Client:
             audit_pb2.GetConsistencyProofRequest(old_size=old_size, new_size=new_size),
         )
         return list(r.hashes)
+
+    # -- jobs ----------------------------------------------------------------------
+
+    @property
+    def node_name(self) -> str:
+        if self._node_name is None:
+            self._node_name = self.info().name
+        return self._node_name
+
+    def submit_signed(self, signed: Any) -> JobInfo:
+        r = self.call(self._jobs.SubmitJob,
+                      jobs_pb2.SignedJob(canonical=signed.canonical, signature=signed.signature))
+        return JobInfo.from_proto(r)
+
+    def submit_job(self, toml_text: str) -> JobInfo:
+        """Parse, normalize, sign (with this identity's key) and submit a job spec."""
+        return self.submit_signed(sign_job_text(toml_text, self.identity))
+
+    def jobs(self, *, analyst: str = "", state: str = "") -> list[JobInfo]:
+        r = self.call(self._jobs.ListJobs, jobs_pb2.ListJobsRequest(analyst=analyst, state=state))
+        return [JobInfo.from_proto(j) for j in r.jobs]
+
+    def job(self, job_id: str) -> JobInfo:
+        return JobInfo.from_proto(self.call(self._jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_id)))
+
+    def decide(self, job_id: str, decision: str, *, reason: str = "",
+               quota: dict[str, int] | None = None) -> JobInfo:
+        """Sign and send this approver's decision on a job at this node."""
+        from node.jobs import QUOTA_METERS, Decision, Quota, sign_decision
+
+        ident = self.identity.identity
+        d = Decision(
+            job_id=job_id, node=self.node_name, approver=ident.name, role=ident.role,
+            decision=decision, reason=reason,
+            quota=Quota(**{k: quota.get(k) for k in QUOTA_METERS}) if quota else None,
+            time=datetime.now(UTC),
+        )
+        signed = sign_decision(d, self.identity)  # type: ignore[arg-type]
+        r = self.call(self._jobs.DecideJob, jobs_pb2.SignedDecision(
+            canonical=signed.canonical, signature=signed.signature))
+        return JobInfo.from_proto(r)
+
+    def approve(self, job_id: str, *, quota: dict[str, int] | None = None,
+                reason: str = "") -> JobInfo:
+        return self.decide(job_id, "approve", reason=reason, quota=quota)
+
+    def reject(self, job_id: str, reason: str) -> JobInfo:
+        return self.decide(job_id, "reject", reason=reason)
+
+    def revoke(self, job_id: str, reason: str) -> JobInfo:
+        return JobInfo.from_proto(self.call(
+            self._jobs.RevokeJob, jobs_pb2.RevokeJobRequest(job_id=job_id, reason=reason)))
+
+    # -- queries -------------------------------------------------------------------
+
+    def query(self, job_id: str) -> QueryResult:
+        """Run an approved query job once (charged against its quota)."""
+        r = self.call(self._query.RunQuery, query_pb2.RunQueryRequest(job_id=job_id))
+        return QueryResult(
+            tuple(c.name for c in r.columns), tuple(c.type for c in r.columns),
+            query_result_from_proto(r), r.rows, r.suppressed_groups, meters_from_proto(r.meters),
+            r.result_sha256, tuple(r.dataset_versions),
+        )
+
+    # -- usage ---------------------------------------------------------------------
+
+    def statement(self, analyst: str = "", start: str = "", end: str = "") -> Statement:
+        r = self.call(self._usage.GetStatement, usage_pb2.GetStatementRequest(
+            analyst=analyst, from_time=start, to_time=end))
+        return Statement(
+            r.node, r.analyst, r.currency,
+            tuple({"log_index": line.log_index, "time": line.time, "job": line.job_id,
+                   "method": line.method, "meters": meters_from_proto(line.meters),
+                   "amount": Decimal(line.amount)} for line in r.lines),
+            Decimal(r.total),
+        )
+
+
+def sign_job_text(toml_text: str, identity: pki.LocalIdentity) -> Any:
+    """A job spec file's text → a SignedJob by ``identity`` (SQL normalized by DuckDB)."""
+    from node.jobs import parse_job_toml, sign_job
+    from sandbox import normalize
+
+    spec = parse_job_toml(toml_text, analyst=identity.identity.name, normalize_sql=normalize)
+    return sign_job(spec, identity)  # type: ignore[arg-type]

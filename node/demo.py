@@ -49,7 +49,7 @@ def write_customers(path: Path, n: int, seed: int) -> None:
         w.writerow(["customer_id", "region", "age_band", "amount", "phone", "national_id"])
         for i in range(n):
             region = "islands" if i < 4 else rng.choice(regions)
-            w.writerow([f"{path.stem}-{i:05d}", region, rng.choice(["20s", "30s", "40s", "50s"]),
+            w.writerow([f"c{seed}-{i:05d}", region, rng.choice(["20s", "30s", "40s", "50s"]),
                         rng.randint(100, 5000), f"138{rng.randint(0, 99_999_999):08d}",
                         f"ID{rng.randint(0, 10**10):010d}"])
 

@@ -74,9 +74,12 @@ class ProtocolError(VeilError):
 
 
 class VerificationError(VeilError):
-    """A signature, proof, receipt or log failed verification."""
+    """A signature, proof, receipt or log failed verification.
 
-    status = "DATA_LOSS"
+    On the wire (a forged or altered signed request) this is INVALID_ARGUMENT.
+    """
+
+    status = "INVALID_ARGUMENT"
 
 
 class ConfigError(VeilError):
@@ -93,7 +96,6 @@ _BY_STATUS: dict[str, type[VeilError]] = {
     "PERMISSION_DENIED": PolicyDenied,
     "FAILED_PRECONDITION": FailedPrecondition,
     "RESOURCE_EXHAUSTED": ResourceLimit,
-    "DATA_LOSS": VerificationError,
 }
 
 

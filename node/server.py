@@ -1,10 +1,12 @@
 """Server assembly: a node directory in, a running gRPC server with mTLS out.
 
-TLS: the node presents its federation certificate and *requests* a client
-certificate without requiring it at the handshake; the gate (``node/_rpc.py``)
-refuses callers without one with ``UNAUTHENTICATED`` and a message saying so,
-and the standard health service stays open to load balancers. See the README's
-"What a client sees" table for every refusal.
+TLS: the node presents its federation certificate and requires a client
+certificate from the federation CA at the handshake (grpcio's Python API can only
+require a certificate or not ask for one at all). A client without one, with an
+expired one or with one from another CA fails the handshake and sees UNAVAILABLE;
+the gate (``node/_rpc.py``) then checks revocation and role and answers
+UNAUTHENTICATED or PERMISSION_DENIED with a message. See the README's "What a
+client sees" table.
 """
 
 from __future__ import annotations
@@ -21,21 +23,32 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from veil.v1 import audit_pb2, catalog_pb2, node_pb2
+from veil.v1 import audit_pb2, catalog_pb2, jobs_pb2, node_pb2, query_pb2, usage_pb2
 
-from node import catalog
-from node._convert import dataset_version_to_proto
+from node import catalog, queries
+from node._convert import (
+    dataset_version_to_proto,
+    job_to_proto,
+    meters_to_proto,
+    query_result_to_proto,
+)
 from node._rpc import Call, Gate, Method
-from node.errors import ConfigError, InvalidInput, NotFound
+from node.errors import ConfigError, InvalidInput, NotFound, PolicyDenied
+from node.grants import Grants, statement_total
 from node.home import NodeHome
+from node.jobs import SignedJob
 from node.log import Log, event
-from node.pki import ROLES, Identity
+from node.pki import APPROVER_ROLES, ROLES, Identity
 
 log = logging.getLogger("veil.server")
 
 VERSION = "0.1.0"
 ANY_ROLE = frozenset(ROLES)
 AUDITOR = frozenset({"auditor"})
+ANALYST = frozenset({"analyst"})
+APPROVERS = frozenset(APPROVER_ROLES)
+OPERATOR = frozenset({"operator"})
+STATEMENT_READERS = frozenset({"analyst", "operator", "auditor"})
 MAX_MESSAGE = 64 * 1024 * 1024
 ENTRY_BATCH_BYTES = 256 * 1024
 
@@ -48,6 +61,10 @@ class NodeRuntime:
     log: Log
     conn: sqlite3.Connection = field(repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    grants: Grants = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.grants = Grants(self.conn, self.lock, self.log, self.home.config, self.home.snapshots)
 
     @property
     def name(self) -> str:
@@ -154,6 +171,76 @@ class NodeRuntime:
             raise InvalidInput(f"old size {req.old_size} is larger than new size {size}")
         return audit_pb2.Proof(tree_size=size, hashes=self.log.consistency_proof(req.old_size, size))
 
+    # -- JobService --------------------------------------------------------------
+
+    def submit_job(self, req: jobs_pb2.SignedJob, call: Call) -> jobs_pb2.Job:
+        view, _created = self.grants.submit(SignedJob(req.canonical, req.signature), call.identity)
+        call.job_id = view.id
+        return job_to_proto(view, self.home.config)
+
+    def list_jobs(self, req: jobs_pb2.ListJobsRequest, call: Call) -> jobs_pb2.ListJobsResponse:
+        analyst = req.analyst or None
+        if call.identity.role == "analyst":
+            if analyst not in (None, call.identity.name):
+                raise PolicyDenied("analysts may list only their own jobs")
+            analyst = call.identity.name
+        views = [v for v in self.grants.list(analyst) if not req.state or v.state == req.state]
+        return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(v, self.home.config) for v in views])
+
+    def get_job(self, req: jobs_pb2.GetJobRequest, call: Call) -> jobs_pb2.Job:
+        call.job_id = req.job_id
+        return job_to_proto(self.grants.view(req.job_id, call.identity), self.home.config)
+
+    def decide_job(self, req: jobs_pb2.SignedDecision, call: Call) -> jobs_pb2.Job:
+        view = self.grants.decide(req.canonical, req.signature, call.identity)
+        call.job_id = view.id
+        return job_to_proto(view, self.home.config)
+
+    def revoke_job(self, req: jobs_pb2.RevokeJobRequest, call: Call) -> jobs_pb2.Job:
+        call.job_id = req.job_id
+        return job_to_proto(self.grants.revoke(req.job_id, req.reason, call.identity),
+                            self.home.config)
+
+    # -- QueryService ------------------------------------------------------------
+
+    def run_query(self, req: query_pb2.RunQueryRequest, call: Call) -> query_pb2.QueryResult:
+        call.job_id = req.job_id
+        job = self.grants.admit(req.job_id, call.identity, "query")
+        config = self.home.config
+        q = queries.inputs(job.spec, self.name, job.dataset, self.home.snapshots, config)
+        call.datasets = [f"{job.dataset.name}@{job.dataset.sha256}"]
+        call.details = {"query": q.settings()}
+        result = queries.run(q, queries.limits(config))
+        used = queries.meters(result)
+        call.meters = used.to_dict()
+        call.result_sha256 = result.digest
+        call.effect = self.grants.charge(job.id, call.identity, call.method, used)
+        return query_result_to_proto(result, call.datasets)
+
+    # -- UsageService ------------------------------------------------------------
+
+    def get_statement(self, req: usage_pb2.GetStatementRequest, call: Call) -> usage_pb2.Statement:
+        analyst = req.analyst or (call.identity.name if call.identity.role == "analyst" else "")
+        if not analyst:
+            raise InvalidInput("name the analyst whose statement you want")
+        if call.identity.role == "analyst" and analyst != call.identity.name:
+            raise PolicyDenied("analysts may read only their own statement")
+        lines = self.grants.statement(analyst, req.from_time or None, req.to_time or None)
+        return usage_pb2.Statement(
+            node=self.name,
+            analyst=analyst,
+            currency=self.home.config.tariff.currency,
+            lines=[
+                usage_pb2.StatementLine(
+                    log_index=line["log_index"], time=line["time"], job_id=line["job"],
+                    method=line["method"], meters=meters_to_proto(line["meters"].to_dict()),
+                    amount=str(line["amount"]),
+                )
+                for line in lines
+            ],
+            total=str(statement_total(lines)),
+        )
+
     # -- assembly ----------------------------------------------------------------
 
     def services(self) -> dict[str, list[Method]]:
@@ -176,6 +263,24 @@ class NodeRuntime:
                        AUDITOR, self.get_inclusion_proof),
                 Method("GetConsistencyProof", audit_pb2.GetConsistencyProofRequest,
                        audit_pb2.Proof, AUDITOR, self.get_consistency_proof),
+            ],
+            "veil.v1.JobService": [
+                Method("SubmitJob", jobs_pb2.SignedJob, jobs_pb2.Job, ANALYST, self.submit_job),
+                Method("ListJobs", jobs_pb2.ListJobsRequest, jobs_pb2.ListJobsResponse,
+                       ANY_ROLE, self.list_jobs),
+                Method("GetJob", jobs_pb2.GetJobRequest, jobs_pb2.Job, ANY_ROLE, self.get_job),
+                Method("DecideJob", jobs_pb2.SignedDecision, jobs_pb2.Job, APPROVERS,
+                       self.decide_job),
+                Method("RevokeJob", jobs_pb2.RevokeJobRequest, jobs_pb2.Job, OPERATOR,
+                       self.revoke_job),
+            ],
+            "veil.v1.QueryService": [
+                Method("RunQuery", query_pb2.RunQueryRequest, query_pb2.QueryResult, ANALYST,
+                       self.run_query),
+            ],
+            "veil.v1.UsageService": [
+                Method("GetStatement", usage_pb2.GetStatementRequest, usage_pb2.Statement,
+                       STATEMENT_READERS, self.get_statement),
             ],
         }
 

@@ -56,9 +56,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     signature    BLOB NOT NULL,
     analyst      TEXT NOT NULL,
     kind         TEXT NOT NULL,
+    dataset      TEXT NOT NULL,    -- this node's dataset, pinned at submission:
+    dataset_sha256 TEXT NOT NULL,  -- every run reads the version approvers saw
     required     TEXT NOT NULL,    -- JSON list of roles
     submitted_at TEXT NOT NULL,
-    revoked      TEXT,             -- reason, once revoked
+    revoked      TEXT,             -- "time: reason", once revoked
     log_index    INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS decisions (

@@ -107,6 +107,9 @@ def test_expired_certificate_fails_the_handshake(running: RunningNode, federatio
     )
     err = _get_info(_channel(running, old, federation.dir / "ca.crt"))
     assert err.code() == grpc.StatusCode.UNAVAILABLE
+    # the SDK says why before it even connects
+    with pytest.raises(Unauthenticated, match="your certificate .* expired on"):
+        Client(running.address, old)
 
 
 def test_revoked_certificate_is_unauthenticated(running: RunningNode, federation: Federation) -> None:

@@ -9,7 +9,6 @@ walkthrough.
 from __future__ import annotations
 
 import csv
-import json
 import random
 import re
 import shutil
@@ -121,8 +120,40 @@ def main() -> int:
 
 
 def _jobs_and_queries(addresses: dict[str, str]) -> None:
-    """Jobs, approvals, a sandboxed query and a usage statement (filled in by later stages)."""
-    _ = json  # statements are printed as JSON by later stages
+    a = addresses["bank-a"]
+    banner("4. The analyst submits a signed query job; bank-a's policy wants two approvals")
+    shutil.copy(EXAMPLES / "query-job.toml", ROOT / "query-job.toml")
+    r = veil("job", "submit", "query-job.toml", "--node", a, "--identity", "alice")
+    job = re.search(r"job ([0-9a-f]{32})", r.stdout)
+    assert job is not None
+    job_id = job.group(1)
+    veil("job", "show", job_id, "--node", a, "--identity", "olga")
+
+    banner("5. The operator approves (narrowing the quota); one approval is not enough")
+    veil("job", "approve", job_id, "--node", a, "--identity", "olga", "--runs", "3")
+    r = veil("query", job_id, "--node", a, "--identity", "alice", check=False)
+    assert r.returncode != 0, "the query ran with one approval of two"
+
+    banner("6. The subjects' representative approves too (two-sided); now the query runs")
+    veil("job", "approve", job_id, "--node", a, "--identity", "sam")
+    veil("query", job_id, "--node", a, "--identity", "alice", "--receipt-out",
+         "query-receipt.json")
+    print("\n  (the 'islands' region has 4 customers: its groups were suppressed, only counted)")
+
+    banner("7. Refusals are answered precisely, and logged like everything else")
+    bad = ROOT / "peek-job.toml"
+    bad.write_text((EXAMPLES / "query-job.toml").read_text().replace(
+        'columns = ["region", "age_band", "amount"]', 'columns = ["region", "amount"]').split(
+        "[params]")[0] + '[params]\nsql = "SELECT region, amount FROM customers"\n')
+    veil("job", "submit", "peek-job.toml", "--node", a, "--identity", "alice", check=False)
+    veil("audit", "verify", "--node", a, "--identity", "alice", check=False)
+
+    banner("8. A priced usage statement; every line cites the log entry of the call it charges")
+    veil("usage", "--node", a, "--identity", "alice")
+    veil("usage", "--node", a, "--identity", "audrey", "--analyst", "alice", "--format", "json",
+         "--out", "statement.json", show=False)
+    veil("audit", "reconcile", "statement.json", "--node", a, "--identity", "audrey")
+    veil("audit", "prove", "query-receipt.json", "--node", a, "--identity", "audrey")
 
 
 if __name__ == "__main__":

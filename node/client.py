@@ -366,7 +366,7 @@ class Client:
 def sign_job_text(toml_text: str, identity: pki.LocalIdentity) -> Any:
     """A job spec file's text → a SignedJob by ``identity`` (SQL normalized by DuckDB)."""
     from node.jobs import parse_job_toml, sign_job
-    from sandbox import normalize
+    from node.queries import normalize
 
     spec = parse_job_toml(toml_text, analyst=identity.identity.name, normalize_sql=normalize)
     return sign_job(spec, identity)  # type: ignore[arg-type]

@@ -100,7 +100,7 @@ class Grants:
         self, conn: sqlite3.Connection, lock: threading.Lock, log: Log, config: NodeConfig,
         snapshots: Path,
     ) -> None:
-        from sandbox import normalize
+        from node.queries import normalize
 
         self.normalize_sql = normalize
         self.snapshots = snapshots

@@ -65,6 +65,16 @@ def inputs(spec: JobSpec, node: str, ds: DatasetVersion, snapshots: Path,
     )
 
 
+def normalize(sql: str) -> str:
+    """The sandbox's canonical SQL text, with its refusals as Veil errors (for job specs)."""
+    try:
+        return sandbox.normalize(sql)
+    except sandbox.QueryRejected as exc:
+        raise PolicyDenied(f"query refused: {exc}") from None
+    except sandbox.QueryLimitExceeded as exc:
+        raise ResourceLimit(f"query refused: {exc}") from None
+
+
 def limits(config: NodeConfig) -> sandbox.Limits:
     lim = config.limits
     return sandbox.Limits(

@@ -33,13 +33,33 @@ class ValidatedQuery:
     _outer_sql: str | None = field(repr=False)
 
 
+#: the longest text ``normalize`` parses (a node's own ``max_sql_bytes`` is usually lower)
+MAX_NORMALIZE_BYTES = 1_000_000
+
+
 def normalize(sql: str) -> str:
     """Canonical text of ``sql`` via DuckDB's parser (``json_serialize_sql`` then
     ``json_deserialize_sql``): whitespace, comments and keyword case do not matter; any change
     of meaning does. Raises QueryRejected when the text is not made of SELECT statements."""
     if not isinstance(sql, str):
         raise TypeError(f"sql must be a str, got {type(sql).__name__}")
+    size = len(sql.encode("utf-8", "surrogatepass"))
+    if size > MAX_NORMALIZE_BYTES:  # parsing is not free: refuse before DuckDB sees it
+        raise QueryLimitExceeded(
+            "sql size", f"the query text is {size:,} bytes, more than {MAX_NORMALIZE_BYTES:,}"
+        )
+    _check_statements(sql)
     return _parse.normalize(sql)
+
+
+def _check_statements(sql: str) -> None:
+    """Exactly one SELECT; anything else is named (``COPY statement is not allowed``)."""
+    kinds = _parse.statement_kinds(sql)
+    for kind in kinds:
+        if kind != "SELECT":
+            raise QueryRejected(f"{kind} statement", "is not allowed: only one SELECT statement is")
+    if len(kinds) != 1:
+        raise QueryRejected("SQL", f"must be exactly one SELECT statement, got {len(kinds)}")
 
 
 def validate(sql: str, tables: Sequence[Table], policy: Policy, limits: Limits) -> ValidatedQuery:
@@ -74,12 +94,7 @@ def validate(sql: str, tables: Sequence[Table], policy: Policy, limits: Limits) 
 def _validate(sql: str, tables: tuple[Table, ...], policy: Policy) -> ValidatedQuery:
     if len({fold(t.name) for t in tables}) != len(tables):
         raise ValueError(f"table names must be unique: {[t.name for t in tables]}")
-    kinds = _parse.statement_kinds(sql)
-    for kind in kinds:
-        if kind != "SELECT":
-            raise QueryRejected(f"{kind} statement", "is not allowed: only one SELECT statement is")
-    if len(kinds) != 1:
-        raise QueryRejected("SQL", f"must be exactly one SELECT statement, got {len(kinds)}")
+    _check_statements(sql)
     tree = _parse.serialize(sql)
     try:
         shape = find_shape(tree, tables, policy)

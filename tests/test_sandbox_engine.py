@@ -733,3 +733,22 @@ def test_public_api() -> None:
         Policy(masked_columns={"phone": "blur"})
     with pytest.raises(ValueError, match="timeout_s"):
         Limits(timeout_s=0)
+
+
+def test_pooled_connections_are_reused_clean_and_dropped_after_failure(table: Table) -> None:
+    v = validate(NORMAL, [table], POLICY, LIMITS)
+    first = run(v, LIMITS)
+    pooled = [c for idle in _engine._pool._idle.values() for c in idle]
+    assert pooled, "a successful run gives its connection back"
+    for con in pooled:  # nothing of the run is left behind in it
+        assert con.execute("SELECT count(*) FROM duckdb_tables()").fetchone() == (0,)
+    assert run(v, LIMITS).digest == first.digest
+    other = validate("SELECT region, count(*) AS n FROM customers GROUP BY region",
+                     [table], POLICY, LIMITS)
+    assert run(other, LIMITS).columns == ("region", "n")
+    # a run that fails does not return its connection
+    before = sum(len(idle) for idle in _engine._pool._idle.values())
+    slow = Limits(timeout_s=0.000001)
+    with pytest.raises(QueryLimitExceeded):
+        run(v, slow)
+    assert sum(len(idle) for idle in _engine._pool._idle.values()) == before - 1

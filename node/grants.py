@@ -140,12 +140,11 @@ class Grants:
         )
 
     def used(self, job: str, conn: sqlite3.Connection | None = None) -> Meters:
-        total = Meters()
-        for (meters_json,) in (conn or self.conn).execute(
-            "SELECT meters_json FROM usage WHERE job_id = ?", (job,)
-        ):
-            total = total + Meters.from_dict(json.loads(meters_json))
-        return total
+        """What the job has consumed so far (a running total kept beside the usage rows)."""
+        row = (conn or self.conn).execute(
+            "SELECT meters_json FROM job_usage WHERE job_id = ?", (job,)
+        ).fetchone()
+        return Meters() if row is None else Meters.from_dict(json.loads(row[0]))
 
     def list(self, analyst: str | None = None) -> list[JobView]:
         with self.lock:
@@ -317,6 +316,10 @@ class Grants:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (index, json.loads(entry)["t"], caller.name, job, method,
                  json.dumps(meters.to_dict(), sort_keys=True)),
+            )
+            tx.execute(
+                "INSERT OR REPLACE INTO job_usage(job_id, meters_json) VALUES (?, ?)",
+                (job, json.dumps((current.used + meters).to_dict(), sort_keys=True)),
             )
 
         return effect

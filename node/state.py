@@ -82,6 +82,11 @@ CREATE TABLE IF NOT EXISTS usage (
     meters_json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS usage_by_job ON usage (job_id);
+-- Running totals per job, updated with each usage row: quota checks read one row.
+CREATE TABLE IF NOT EXISTS job_usage (
+    job_id      TEXT PRIMARY KEY,
+    meters_json TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS usage_by_analyst ON usage (analyst, time);
 """
 

@@ -97,13 +97,13 @@ def main() -> int:
             procs.append(proc)
 
         banner("3. An analyst sees what each node offers: names, schemas, levels, row counts")
-        for node, addr in addresses.items():
+        for addr in addresses.values():
             veil("dataset", "list", "--node", addr, "--identity", "alice")
 
         _jobs_and_queries(addresses)
 
         banner("9. An auditor verifies both nodes' logs and keeps their checkpoints")
-        for node, addr in addresses.items():
+        for addr in addresses.values():
             veil("audit", "verify", "--node", addr, "--identity", "audrey", "--state", "auditor")
         veil("audit", "log", "--node", addresses["bank-a"], "--identity", "audrey",
              "--outcome", "PERMISSION_DENIED")

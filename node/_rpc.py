@@ -125,54 +125,47 @@ class Gate:
             raise _malformed(m, exc) from None
         return request
 
+    def _invoke(self, full: str, m: Method, raw: bytes, context: grpc.ServicerContext) -> Any:
+        """Admit, handle, log, set the receipt; abort with the refusal or return the result.
+
+        For a streaming method the handler validates eagerly and returns a lazy iterator:
+        the entry records the request (the stream is a pure function of it and the log)
+        and is durable before the first message leaves.
+        """
+        call = Call(full, hashlib.sha256(raw).hexdigest(), _NOBODY)
+        result: Any = None
+        error: VeilError | None = None
+        try:
+            request = self._admit(call, m, raw, context)
+            result = m.handler(request, call)
+            if m.streaming:
+                result = iter(result)
+            elif call.result_sha256 is None:
+                call.result_sha256 = hashlib.sha256(
+                    result.SerializeToString(deterministic=True)
+                ).hexdigest()
+        except VeilError as exc:
+            error = exc
+        except Exception:
+            log.exception("internal error in %s", full)
+            error = _Internal()
+        receipt, error = self._record(call, error)
+        _trailers(context, receipt)
+        if error is not None:
+            abort(context, error)
+        return result
+
     def _unary(self, full: str, m: Method) -> Callable[[bytes, grpc.ServicerContext], Message]:
         def behavior(raw: bytes, context: grpc.ServicerContext) -> Message:
-            call = Call(full, hashlib.sha256(raw).hexdigest(), _NOBODY)
-            response: Message | None = None
-            error: VeilError | None = None
-            try:
-                request = self._admit(call, m, raw, context)
-                response = m.handler(request, call)
-                if call.result_sha256 is None:
-                    call.result_sha256 = hashlib.sha256(
-                        response.SerializeToString(deterministic=True)
-                    ).hexdigest()
-            except VeilError as exc:
-                error = exc
-            except Exception:
-                log.exception("internal error in %s", full)
-                error = _Internal()
-            receipt, error = self._record(call, error)
-            _trailers(context, receipt)
-            if error is not None:
-                abort(context, error)
-            assert response is not None
-            return response
+            return self._invoke(full, m, raw, context)  # type: ignore[no-any-return]
 
         return behavior
 
-    def _streaming(self, full: str, m: Method) -> Callable[[bytes, grpc.ServicerContext], Iterator[Message]]:
+    def _streaming(
+        self, full: str, m: Method
+    ) -> Callable[[bytes, grpc.ServicerContext], Iterator[Message]]:
         def behavior(raw: bytes, context: grpc.ServicerContext) -> Iterator[Message]:
-            call = Call(full, hashlib.sha256(raw).hexdigest(), _NOBODY)
-            error: VeilError | None = None
-            stream: Iterator[Message] | None = None
-            try:
-                request = self._admit(call, m, raw, context)
-                # A streaming handler validates eagerly and returns a lazy iterator;
-                # the entry records the request (the stream is a pure function of it
-                # and the log), and is durable before the first message leaves.
-                stream = iter(m.handler(request, call))
-            except VeilError as exc:
-                error = exc
-            except Exception:
-                log.exception("internal error in %s", full)
-                error = _Internal()
-            receipt, error = self._record(call, error)
-            _trailers(context, receipt)
-            if error is not None:
-                abort(context, error)
-            assert stream is not None
-            yield from stream
+            yield from self._invoke(full, m, raw, context)
 
         return behavior
 

@@ -37,7 +37,7 @@ from node.audit import (
     verify_inclusion,
 )
 from node.errors import InvalidInput, VerificationError
-from node.log import ENTRY_VERSION, canonical_json
+from node.log import ENTRY_VERSION, canonical_json, stored_entries
 
 Progress = Callable[[int, int], None]
 
@@ -130,17 +130,7 @@ class LocalLog:
         return str(row[0])
 
     def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-        pos = start
-        while pos < end:
-            rows = self.conn.execute(
-                "SELECT idx, entry FROM log_entries WHERE idx >= ? AND idx < ? ORDER BY idx",
-                (pos, min(end, pos + 8192)),
-            ).fetchall()
-            if not rows:
-                return
-            for idx, entry in rows:
-                yield int(idx), bytes(entry)
-            pos = int(rows[-1][0]) + 1
+        return stored_entries(self.conn, start, end)
 
     def stored_leaves(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         for idx, h in self.conn.execute(

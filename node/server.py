@@ -11,6 +11,7 @@ client sees" table.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
 import sqlite3
@@ -348,8 +349,33 @@ def start(node_dir: Path, listen: str | None = None, *, workers: int = 32) -> Ru
     bound = f"{host}:{port}"
     for name in ["", *services]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    node_log.append(event("node.started", name=config.name, address=bound, version=VERSION))
+    _log_start(runtime, bound)
     return RunningNode(server, runtime, port, bound)
+
+
+def _log_start(runtime: NodeRuntime, address: str) -> None:
+    """Log the start, and a policy change when node.toml differs from the last start's.
+
+    The node reads node.toml only when it starts; its digest is in every node.started
+    entry, so an auditor sees which configuration each period of the log ran under.
+    """
+    config_sha = hashlib.sha256(runtime.home.config_path.read_bytes()).hexdigest()
+    with runtime.lock:
+        row = runtime.conn.execute("SELECT value FROM meta WHERE key = 'config_sha256'").fetchone()
+    previous = None if row is None else str(row[0])
+
+    def remember(tx: sqlite3.Connection, _index: int) -> None:
+        tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('config_sha256', ?)",
+                   (config_sha,))
+
+    if previous is not None and previous != config_sha:
+        runtime.log.append(event("policy.changed", previous_sha256=previous,
+                                 config_sha256=config_sha))
+    runtime.log.append(
+        event("node.started", name=runtime.name, address=address, version=VERSION,
+              config_sha256=config_sha),
+        effect=remember,
+    )
 
 
 def serve(node_dir: Path, listen: str | None = None) -> None:

@@ -191,3 +191,23 @@ def test_sigterm_shuts_down_gracefully_and_logs_it(node_home, federation: Federa
     events = [r.get("event") for _, r in read_entries(LocalLog(node_home.path), LogFilter())]
     assert events[-1] == "node.stopped"
     assert "node.started" in events
+
+
+def test_a_changed_node_toml_is_logged_at_the_next_start(node_home) -> None:
+    from node.auditor import LocalLog, LogFilter, read_entries
+
+    def events() -> list[tuple[str, dict]]:
+        return [(r["event"], r["details"]) for _, r in
+                read_entries(LocalLog(node_home.path), LogFilter()) if r["kind"] == "event"]
+
+    start(node_home.path, "127.0.0.1:0").stop(grace=0)
+    start(node_home.path, "127.0.0.1:0").stop(grace=0)
+    assert [e for e, _ in events()].count("policy.changed") == 0
+    toml = node_home.config_path.read_text().replace("min_group_size = 10", "min_group_size = 20")
+    node_home.config_path.write_text(toml)
+    start(node_home.path, "127.0.0.1:0").stop(grace=0)
+    changed = [d for e, d in events() if e == "policy.changed"]
+    assert len(changed) == 1
+    assert changed[0]["config_sha256"] != changed[0]["previous_sha256"]
+    started = [d for e, d in events() if e == "node.started"]
+    assert started[-1]["config_sha256"] == changed[0]["config_sha256"]

@@ -277,8 +277,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     source, client = _log_source(args)
 
+    show = not args.quiet and (sys.stderr.isatty() or bool(os.environ.get("VEIL_PROGRESS")))
+
     def progress(done: int, total: int) -> None:
-        if not args.quiet and sys.stderr.isatty() or os.environ.get("VEIL_PROGRESS"):
+        if show:
             print(f"\r  verified {done:,} / {total:,} entries", end="", file=sys.stderr, flush=True)
 
     try:
@@ -286,7 +288,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     finally:
         if client is not None:
             client.close()
-    if not args.quiet and sys.stderr.isatty():
+    if show:
         print(file=sys.stderr)
     print(report.summary())
     print(report.checkpoint.to_text().rstrip("\n").replace("\n", "\n    ").join(("    ", "")))
@@ -343,10 +345,6 @@ def cmd_audit_prove(args: argparse.Namespace) -> int:
 # -- jobs --------------------------------------------------------------------------
 
 
-def _nodes(args: argparse.Namespace) -> list[str]:
-    return list(args.node)
-
-
 def cmd_job_submit(args: argparse.Namespace) -> int:
     from node.client import Client, sign_job_text
 
@@ -359,7 +357,7 @@ def cmd_job_submit(args: argparse.Namespace) -> int:
 
     local = pki.load_identity(ident)
     signed = sign_job_text(text, local)  # one signature, the same job id at every node
-    for address in _nodes(args):
+    for address in args.node:
         with Client(address, local) as client:
             job = client.submit_signed(signed)
         print(f"{address}: job {job.id} {job.state}; needs {', '.join(job.required_roles)}")

@@ -43,7 +43,6 @@ from node.jobs import (
     SignedJob,
     Status,
     approval_status,
-    check_analyst,
     check_narrowing,
     check_not_expired,
     check_submission,
@@ -295,7 +294,6 @@ class Grants:
         """Everything that must hold before a compute call touches data; one place."""
         if caller.role != "analyst":
             raise PolicyDenied(f"only the job's analyst may run it, not a {caller.role!r}")
-        check_analyst(caller.name, self.config.policy)
         with self.lock:
             found = self.get(job)
         _check_runnable(found, caller, kind)

@@ -37,7 +37,7 @@ from node._rpc import Call, Gate, Method
 from node.errors import ConfigError, InvalidInput, NotFound, PolicyDenied
 from node.grants import Grants, statement_total
 from node.home import NodeHome
-from node.jobs import SignedJob
+from node.jobs import SignedJob, check_analyst
 from node.log import Log, event
 from node.pki import APPROVER_ROLES, ROLES, Identity
 
@@ -76,12 +76,12 @@ class NodeRuntime:
         return self.home.identity.read_tls_cert().decode()
 
     def deny(self, who: Identity) -> str | None:
-        policy = self.home.config.policy
-        if who.role == "analyst" and who.name in policy.deny_analysts:
-            return (
-                f"analyst {who.name!r} is on node {self.name!r}'s deny list; "
-                "contact the node operator"
-            )
+        """The negative list, checked by the gate on every call of an analyst."""
+        if who.role == "analyst":
+            try:
+                check_analyst(who.name, self.home.config.policy)
+            except PolicyDenied as exc:
+                return str(exc)
         return None
 
     # -- NodeService -----------------------------------------------------------

@@ -127,7 +127,9 @@ def run(query: ValidatedQuery, limits: Limits) -> QueryResult:
             columns, column_types, rows, suppressed = _execute(session, query, stats, limits)
             session.execute("DROP TABLE IF EXISTS __veil_g; DROP TABLE IF EXISTS __veil_p",
                             metered=False)
-            reusable = True
+        # after __exit__ the watchdog can no longer touch this session: an interrupt that
+        # landed after the last statement would otherwise stay with a pooled connection
+        reusable = not session.expired
     finally:
         if reusable:
             _pool.give(key, con)
@@ -252,6 +254,51 @@ def open_connection(
     return con
 
 
+class _Watchdog:
+    """One thread that interrupts every session past its deadline.
+
+    A thread per run cost more than a small query (start and join on every run). Once a
+    session expires it is interrupted again every 10 ms until it ends, since an interrupt
+    that lands between two statements would be lost.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: set[_Session] = set()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, session: _Session) -> None:
+        with self._wake:
+            self._sessions.add(session)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="veil-sandbox-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify()
+
+    def forget(self, session: _Session) -> None:
+        with self._wake:
+            self._sessions.discard(session)
+
+    def _run(self) -> None:
+        with self._wake:
+            while True:
+                now = time.monotonic()
+                for session in [s for s in self._sessions if s.deadline <= now]:
+                    session.expired = True
+                    session.con.interrupt()
+                pending = [s.deadline for s in self._sessions if not s.expired]
+                if any(s.expired for s in self._sessions):
+                    timeout: float | None = 0.01
+                else:
+                    timeout = max(0.0, min(pending) - now) if pending else None
+                self._wake.wait(timeout)
+
+
+_watchdog = _Watchdog()
+
+
 class _Session:
     """Runs statements on one connection under the deadline, translating errors, metering."""
 
@@ -260,28 +307,15 @@ class _Session:
         self.limits = limits
         self.rows_scanned = 0
         self.cpu_ms = 0.0
-        self._deadline = time.monotonic() + limits.timeout_s
-        self._stop = threading.Event()
-        self._expired = False
-        self._watchdog = threading.Thread(
-            target=self._watch, name="veil-sandbox-watchdog", daemon=True
-        )
+        self.deadline = time.monotonic() + limits.timeout_s
+        self.expired = False
 
     def __enter__(self) -> Self:
-        self._watchdog.start()
+        _watchdog.watch(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._watchdog.join()
-
-    def _watch(self) -> None:
-        if self._stop.wait(max(0.0, self._deadline - time.monotonic())):
-            return
-        self._expired = True
-        while not self._stop.is_set():  # an interrupt between two statements would be lost
-            self.con.interrupt()
-            self._stop.wait(0.01)
+        _watchdog.forget(self)
 
     def execute(
         self, sql: str, *, scans_data: bool = False, metered: bool = True, fetch: int | None = None
@@ -303,7 +337,7 @@ class _Session:
                 f"the query needed more than the memory limit of {self.limits.memory_limit_mb:,} MB",
             ) from None
         except duckdb.Error as e:
-            if self._expired:
+            if self.expired:
                 raise self._timeout() from None
             raise SandboxError(
                 f"the query failed while running ({type(e).__name__}); DuckDB's message is "
@@ -318,7 +352,7 @@ class _Session:
         return rows if fetch is None else (rows, description)
 
     def _check_deadline(self) -> None:
-        if self._expired or time.monotonic() > self._deadline:
+        if self.expired or time.monotonic() > self.deadline:
             raise self._timeout()
 
     def _timeout(self) -> QueryLimitExceeded:

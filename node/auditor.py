@@ -356,7 +356,7 @@ def reconcile(client: Any, statement: dict[str, Any]) -> str:
                              ("meters", line["meters"]), ("t", line["time"])):
             got = record.get(field_)
             if field_ == "meters":
-                got = {k: int(got.get(k, 0)) for k in want}
+                got = {k: int((got or {}).get(k, 0)) for k in want}
             if got != want:
                 raise VerificationError(
                     f"statement line for log index {index}: {field_} is {want!r} in the "

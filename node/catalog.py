@@ -16,10 +16,10 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from node.errors import InvalidInput, NotFound, VerificationError
 from node.log import Log, canonical_json, event, now_rfc3339
@@ -81,10 +81,16 @@ def parse_levels(specs: list[str]) -> dict[str, str]:
     return levels
 
 
+class Signer(Protocol):
+    """Anything that signs with the node's Ed25519 key (``pki.LocalIdentity`` does)."""
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
 def register(
     conn: sqlite3.Connection,
     log: Log,
-    signing_key: Ed25519PrivateKey,
+    signing_key: Signer,
     snapshots_dir: Path,
     *,
     node: str,

@@ -82,7 +82,7 @@ def main() -> int:
             veil("pki", "issue", "federation", "--role", role, "--name", name, "--out", name)
 
         banner("2. Each data holder creates a node and registers a dataset")
-        addresses = {}
+        addresses: dict[str, str] = {}
         for node in ("bank-a", "bank-b"):
             veil("node", "init", node, "--name", node, "--federation", "federation")
             config = (EXAMPLES / "node.toml").read_text().replace('"bank-a"', f'"{node}"')

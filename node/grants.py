@@ -145,7 +145,7 @@ class Grants:
         ).fetchone()
         return Meters() if row is None else Meters.from_dict(json.loads(row[0]))
 
-    def list(self, analyst: str | None = None) -> list[JobView]:
+    def jobs(self, analyst: str | None = None) -> list[JobView]:
         with self.lock:
             ids = [
                 r[0]

@@ -206,8 +206,8 @@ class Log:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        for item, exc in failed:
-            item.future.set_exception(exc)
+        for item, error in failed:
+            item.future.set_exception(error)
         for item, index in done:
             item.future.set_result(Receipt(index, note, frontier.size))
 

@@ -185,7 +185,7 @@ class NodeRuntime:
             if analyst not in (None, call.identity.name):
                 raise PolicyDenied("analysts may list only their own jobs")
             analyst = call.identity.name
-        views = [v for v in self.grants.list(analyst) if not req.state or v.state == req.state]
+        views = [v for v in self.grants.jobs(analyst) if not req.state or v.state == req.state]
         return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(v, self.home.config) for v in views])
 
     def get_job(self, req: jobs_pb2.GetJobRequest, call: Call) -> jobs_pb2.Job:

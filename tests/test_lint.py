@@ -1,4 +1,5 @@
-"""ruff finds no undefined names, unused imports or likely bugs (rules in pyproject.toml)."""
+"""ruff finds no undefined names, unused imports or likely bugs, and mypy no type errors
+(both configured in pyproject.toml)."""
 
 import shutil
 import subprocess
@@ -15,5 +16,11 @@ def test_ruff_is_clean() -> None:
     if ruff is None:
         pytest.fail("ruff is not installed: `make test` installs it with the dev extras")
     result = subprocess.run([ruff, "check", "--output-format", "concise", "."], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_is_clean() -> None:
+    result = subprocess.run([sys.executable, "-m", "mypy", "--no-error-summary"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -299,7 +299,8 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
     from node import auditor
 
     source, client = _log_source(args)
-    flt = auditor.LogFilter(args.caller, args.job, args.method, args.since, args.until, args.outcome)
+    flt = auditor.LogFilter(args.caller, args.job, args.method, _time(args.since, "--since"),
+                            _time(args.until, "--until"), args.outcome)
     try:
         rows = list(auditor.read_entries(source, flt))
     finally:
@@ -419,6 +420,7 @@ def cmd_job_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
+    args.start, args.end = _time(args.start, "--from"), _time(args.end, "--to")
     with _client(args) as client:
         st = client.statement(args.analyst or "", args.start or "", args.end or "")
     if args.format == "json":
@@ -476,6 +478,12 @@ def cmd_query(args: argparse.Namespace) -> int:
           f"node's minimum group size); {result.meters['rows_scanned']:,} rows scanned"
           + (f"; log index {receipt.log_index}" if receipt else ""))
     return 0
+
+
+def _time(value: str | None, flag: str) -> str | None:
+    from node.log import parse_user_time
+
+    return parse_user_time(value, flag) if value else None
 
 
 def _fmt(v: Any) -> str:
@@ -696,6 +704,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `veil … | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a file or directory the user named: say which, no traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"veil: error: {exc.strerror or exc}:{where}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -59,7 +59,33 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return log_time(datetime.now(timezone.utc))
+
+
+def log_time(moment: datetime) -> str:
+    """The one text form of times in entries and statements: UTC, microseconds, ``Z``.
+
+    Fixed width, so that comparing two such strings compares the times.
+    """
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def parse_user_time(text: str, what: str) -> str:
+    """A time a user typed (RFC 3339, or a date meaning its midnight UTC) in log form."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(
+            f"{what}: expected an RFC 3339 time like 2026-11-27T09:00:00Z or a date like "
+            f"2026-11-27, got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        if len(text.strip()) > 10:
+            raise InvalidInput(f"{what}: {text!r} has no time zone; add Z for UTC")
+        moment = moment.replace(tzinfo=timezone.utc)
+    return log_time(moment)
 
 
 @dataclass(frozen=True)

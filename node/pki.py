@@ -847,7 +847,7 @@ class TrustStore:
         try:
             cert = x509.load_pem_x509_certificate(cert_pem)
         except (ValueError, TypeError):
-            raise Unauthenticated("client certificate is not a PEM X.509 certificate") from None
+            raise Unauthenticated("certificate is not a PEM X.509 certificate") from None
         return self.identify_certificate(cert, now)
 
     def identify_certificate(self, cert: x509.Certificate, now: datetime | None = None) -> Identity:

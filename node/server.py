@@ -38,7 +38,7 @@ from node.errors import ConfigError, InvalidInput, NotFound, PolicyDenied
 from node.grants import Grants, statement_total
 from node.home import NodeHome
 from node.jobs import SignedJob, check_analyst
-from node.log import Log, event
+from node.log import Log, event, parse_user_time
 from node.pki import APPROVER_ROLES, ROLES, Identity
 
 log = logging.getLogger("veil.server")
@@ -226,7 +226,9 @@ class NodeRuntime:
             raise InvalidInput("name the analyst whose statement you want")
         if call.identity.role == "analyst" and analyst != call.identity.name:
             raise PolicyDenied("analysts may read only their own statement")
-        lines = self.grants.statement(analyst, req.from_time or None, req.to_time or None)
+        start = parse_user_time(req.from_time, "from_time") if req.from_time else None
+        end = parse_user_time(req.to_time, "to_time") if req.to_time else None
+        lines = self.grants.statement(analyst, start, end)
         return usage_pb2.Statement(
             node=self.name,
             analyst=analyst,

@@ -286,6 +286,12 @@ def test_usage_statement_reconciles_with_the_log(people, running: RunningNode,
                 "--analyst", "alice", "--out", str(out), "--format", "csv")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].startswith("log_index,time,job")
+    r = run_cli("usage", "--node", running.address, "--identity", str(auditor),
+                "--analyst", "alice", "--from", "yesterday")
+    assert r.returncode == 1 and "--from: expected an RFC 3339 time" in r.stderr
+    r = run_cli("audit", "verify", "--node", running.address, "--identity", str(auditor),
+                "--state", "/proc/no-such-dir")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "/proc/no-such-dir" in r.stderr
     r = run_cli("audit", "reconcile", str(out), "--node", running.address,
                 "--identity", str(auditor))
     assert r.returncode == 0, r.stderr

@@ -601,3 +601,17 @@ def test_rewritten_history_is_caught_with_the_first_index_that_differs(
         f"the log was rewritten from index {k}"
     )
     assert_verifies(pristine, auditor_state)
+
+
+def test_user_times_compare_like_log_times() -> None:
+    from node.errors import InvalidInput
+    from node.log import parse_user_time
+
+    logged = "2026-11-27T01:00:00.000001Z"  # how entries and statement lines carry time
+    assert parse_user_time("2026-11-27T01:00:00Z", "--since") < logged
+    assert parse_user_time("2026-11-27", "--since") == "2026-11-27T00:00:00.000000Z"
+    assert parse_user_time("2026-11-27T09:00:00+08:00", "--since") == "2026-11-27T01:00:00.000000Z"
+    for bad, message in (("yesterday", "expected an RFC 3339 time"),
+                         ("2026-11-27T09:00:00", "no time zone")):
+        with pytest.raises(InvalidInput, match=message):
+            parse_user_time(bad, "--since")

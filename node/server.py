@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import grpc
@@ -71,9 +72,14 @@ class NodeRuntime:
     def name(self) -> str:
         return self.home.config.name
 
-    @property
+    @cached_property
     def cert_pem(self) -> str:
+        """The node's certificate, sent with every catalog listing: read once."""
         return self.home.identity.read_tls_cert().decode()
+
+    @cached_property
+    def log_vkey(self) -> str:
+        return self.home.signer().vkey
 
     def deny(self, who: Identity) -> str | None:
         """The negative list, checked by the gate on every call of an analyst."""
@@ -93,7 +99,7 @@ class NodeRuntime:
             federation=ident.federation,
             version=VERSION,
             certificate_pem=self.cert_pem,
-            log_vkey=self.home.signer().vkey,
+            log_vkey=self.log_vkey,
             log_origin=self.home.origin,
             job_kinds=["query"],
             caller_role=call.identity.role,

@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m node.demo
+	$(BIN)/python -m veil.node.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from benchmarks._table import header, table, timed, verdict
-from node.audit import (
+from veil.node.audit import (
     Frontier,
     MemoryTree,
     consistency_proof,

@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from benchmarks._table import header, table, timed, verdict
-from node.snapshot import Snapshot, import_file
+from veil.node.snapshot import Snapshot, import_file
 
 SAME_AS_VEIL = "FORMAT parquet, COMPRESSION zstd, PARQUET_VERSION v2"
 

@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._table import header, table, timed, verdict
-from node import auditor, pki, state
-from node.audit import (
+from veil.node import auditor, pki, state
+from veil.node.audit import (
     NoteSigner,
     leaf_hash,
     open_checkpoint,
@@ -51,8 +51,8 @@ from node.audit import (
     verify_consistency,
     verify_inclusion,
 )
-from node.home import NodeHome, init_node
-from node.log import ENTRY_VERSION, MAX_BATCH, Log, canonical_json, now_rfc3339
+from veil.node.home import NodeHome, init_node
+from veil.node.log import ENTRY_VERSION, MAX_BATCH, Log, canonical_json, now_rfc3339
 
 BENCH_DIR = Path("/tmp/veil-bench")
 THREADS = 16

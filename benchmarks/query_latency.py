@@ -28,10 +28,10 @@ SQL = "SELECT region, COUNT(*) AS n, AVG(amount) AS avg_amount FROM customers GR
 
 
 def _setup(root: Path, rows: int, analysts: int, threads: int | None = None):  # type: ignore[no-untyped-def]
-    from node import catalog, pki
-    from node.client import Client
-    from node.home import init_node
-    from node.server import start
+    from veil.node import catalog, pki
+    from veil.node.client import Client
+    from veil.node.home import init_node
+    from veil.node.server import start
 
     fed = root / "fed"
     pki.init_federation(fed, "bench")
@@ -78,7 +78,7 @@ sql = "{SQL}"
 
 
 def _analyst(address: str, identity: str, job: str, calls: int) -> list[float]:
-    from node.client import Client
+    from veil.node.client import Client
 
     with Client(address, identity) as c:
         c.query(job)  # connect and warm up outside the measurement

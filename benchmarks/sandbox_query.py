@@ -41,7 +41,7 @@ from pathlib import Path
 
 import duckdb
 
-import sandbox
+from veil import sandbox
 from benchmarks._table import header, table, timed, verdict
 
 QUERY = "SELECT region, COUNT(*), SUM(amount), AVG(amount) FROM {t} GROUP BY region"

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from veil.v1 import catalog_pb2, common_pb2, jobs_pb2, query_pb2
 
-from node.catalog import ColumnInfo, DatasetVersion
-from node.jobs import format_time
+from veil.node.catalog import ColumnInfo, DatasetVersion
+from veil.node.jobs import format_time
 
 if TYPE_CHECKING:
-    import sandbox
-    from node.config import NodeConfig
-    from node.grants import JobView
+    from veil import sandbox
+    from veil.node.config import NodeConfig
+    from veil.node.grants import JobView
 
 LEVEL_TO_PROTO = {
     "public": common_pb2.LEVEL_PUBLIC,

@@ -26,9 +26,9 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from node.errors import PolicyDenied, Unauthenticated, VeilError
-from node.log import Effect, Log, Receipt
-from node.pki import Identity, TrustStore
+from veil.node.errors import PolicyDenied, Unauthenticated, VeilError
+from veil.node.log import Effect, Log, Receipt
+from veil.node.pki import Identity, TrustStore
 
 log = logging.getLogger("veil.rpc")
 
@@ -191,7 +191,7 @@ class _Internal(VeilError):
 
 
 def _malformed(m: Method, exc: DecodeError) -> VeilError:
-    from node.errors import InvalidInput
+    from veil.node.errors import InvalidInput
 
     return InvalidInput(f"malformed {m.request.DESCRIPTOR.full_name} message: {exc}")
 

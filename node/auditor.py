@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from node import pki
-from node.audit import (
+from veil.node import pki
+from veil.node.audit import (
     Checkpoint,
     Frontier,
     NoteVerifier,
@@ -36,8 +36,8 @@ from node.audit import (
     open_checkpoint,
     verify_inclusion,
 )
-from node.errors import InvalidInput, VerificationError
-from node.log import ENTRY_VERSION, canonical_json, stored_entries
+from veil.node.errors import InvalidInput, VerificationError
+from veil.node.log import ENTRY_VERSION, canonical_json, stored_entries
 
 Progress = Callable[[int, int], None]
 
@@ -107,8 +107,8 @@ class LocalLog:
     """A node's log read straight from its directory (read-only), for offline audits."""
 
     def __init__(self, node_dir: Path) -> None:
-        from node import state
-        from node.home import NodeHome
+        from veil.node import state
+        from veil.node.home import NodeHome
 
         home = NodeHome(node_dir)
         home.check()

@@ -21,9 +21,9 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from node.errors import InvalidInput, NotFound, VerificationError
-from node.log import Log, canonical_json, event, now_rfc3339
-from node.snapshot import import_file
+from veil.node.errors import InvalidInput, NotFound, VerificationError
+from veil.node.log import Log, canonical_json, event, now_rfc3339
+from veil.node.snapshot import import_file
 
 LEVELS = ("public", "internal", "sensitive", "core")
 DEFAULT_LEVEL = "sensitive"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from node.errors import InvalidInput, VeilError
+from veil.node.errors import InvalidInput, VeilError
 
 EXIT_ERROR = 1
 IDENTITY_ENV = "VEIL_IDENTITY"
@@ -40,7 +40,7 @@ def _identity(args: argparse.Namespace) -> Path:
 
 
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from node.client import Client
+    from veil.node.client import Client
 
     return Client(args.node, _identity(args))
 
@@ -55,7 +55,7 @@ def _write_receipt(args: argparse.Namespace, client: Any) -> None:
 
 
 def cmd_pki_init(args: argparse.Namespace) -> int:
-    from node import pki
+    from veil.node import pki
 
     fed = pki.init_federation(Path(args.dir), args.federation)
     print(f"federation {fed.name!r} created in {fed.directory}")
@@ -65,7 +65,7 @@ def cmd_pki_init(args: argparse.Namespace) -> int:
 
 
 def cmd_pki_issue(args: argparse.Namespace) -> int:
-    from node import pki
+    from veil.node import pki
 
     issued = pki.issue(
         Path(args.dir), args.role, args.name, Path(args.out), hosts=tuple(args.host), days=args.days
@@ -76,7 +76,7 @@ def cmd_pki_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_pki_revoke(args: argparse.Namespace) -> int:
-    from node import pki
+    from veil.node import pki
 
     serial = pki.revoke(Path(args.dir), name=args.name, role=args.role, reason=args.reason)
     print(f"revoked serial {serial:#x}; nodes pick up {Path(args.dir) / 'crl.pem'} on its change")
@@ -87,7 +87,7 @@ def cmd_pki_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_node_init(args: argparse.Namespace) -> int:
-    from node.home import init_node
+    from veil.node.home import init_node
 
     home = init_node(
         Path(args.node_dir),
@@ -103,7 +103,7 @@ def cmd_node_init(args: argparse.Namespace) -> int:
 
 
 def cmd_node_serve(args: argparse.Namespace) -> int:
-    from node.server import serve
+    from veil.node.server import serve
 
     if args.detach:
         return _serve_detached(Path(args.node_dir), args.listen)
@@ -116,14 +116,14 @@ def _serve_detached(node_dir: Path, listen: str | None) -> int:
     import subprocess
     import time
 
-    from node.home import NodeHome
+    from veil.node.home import NodeHome
 
     home = NodeHome(node_dir)
     home.check()
     pid_file, log_file = node_dir / "serve.pid", node_dir / "serve.log"
     if pid_file.exists() and _alive(int(pid_file.read_text())):
         raise InvalidInput(f"node in {node_dir} already runs as pid {pid_file.read_text().strip()}")
-    cmd = [sys.executable, "-m", "node.cli", "node", "serve", str(node_dir)]
+    cmd = [sys.executable, "-m", "veil.node.cli", "node", "serve", str(node_dir)]
     if listen:
         cmd += ["--listen", listen]
     with log_file.open("w") as out:
@@ -174,8 +174,8 @@ def cmd_node_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_add(args: argparse.Namespace) -> int:
-    from node import catalog
-    from node.home import NodeHome
+    from veil.node import catalog
+    from veil.node.home import NodeHome
 
     home = NodeHome(Path(args.node_dir))
     home.check()
@@ -247,7 +247,7 @@ def cmd_dataset_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_verify(args: argparse.Namespace) -> int:
-    from node import catalog, pki
+    from veil.node import catalog, pki
 
     try:
         receipt = json.loads(Path(args.receipt).read_text())
@@ -273,7 +273,7 @@ def cmd_dataset_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from node import auditor
+    from veil.node import auditor
 
     source, client = _log_source(args)
 
@@ -296,7 +296,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_log(args: argparse.Namespace) -> int:
-    from node import auditor
+    from veil.node import auditor
 
     source, client = _log_source(args)
     flt = auditor.LogFilter(args.caller, args.job, args.method, _time(args.since, "--since"),
@@ -324,7 +324,7 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_prove(args: argparse.Namespace) -> int:
-    from node import auditor
+    from veil.node import auditor
 
     try:
         receipt = json.loads(Path(args.receipt).read_text())
@@ -347,14 +347,14 @@ def cmd_audit_prove(args: argparse.Namespace) -> int:
 
 
 def cmd_job_submit(args: argparse.Namespace) -> int:
-    from node.client import Client, sign_job_text
+    from veil.node.client import Client, sign_job_text
 
     try:
         text = Path(args.job).read_text()
     except OSError as exc:
         raise InvalidInput(f"cannot read job file {args.job}: {exc.strerror}") from None
     ident = _identity(args)
-    from node import pki
+    from veil.node import pki
 
     local = pki.load_identity(ident)
     signed = sign_job_text(text, local)  # one signature, the same job id at every node
@@ -481,7 +481,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def _time(value: str | None, flag: str) -> str | None:
-    from node.log import parse_user_time
+    from veil.node.log import parse_user_time
 
     return parse_user_time(value, flag) if value else None
 
@@ -493,7 +493,7 @@ def _fmt(v: Any) -> str:
 
 
 def cmd_audit_replay(args: argparse.Namespace) -> int:
-    from node import queries
+    from veil.node import queries
 
     results = queries.replay(Path(args.node_dir), args.start)
     bad = [r for r in results if not r.ok]
@@ -506,7 +506,7 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_reconcile(args: argparse.Namespace) -> int:
-    from node import auditor
+    from veil.node import auditor
 
     try:
         statement = json.loads(Path(args.statement).read_text())
@@ -680,7 +680,7 @@ def _add_log_source(p: argparse.ArgumentParser) -> None:
 
 def _log_source(args: argparse.Namespace) -> tuple[Any, Any]:
     """(source, client-or-None) from either NODEDIR or --node."""
-    from node import auditor
+    from veil.node import auditor
 
     if bool(args.node_dir) == bool(args.node):
         raise InvalidInput("give either NODEDIR (offline) or --node HOST:PORT (remote), not both")

@@ -1,6 +1,6 @@
 """The client SDK: everything the CLI does, for notebooks and scripts.
 
-    from node.client import Client
+    from veil.node.client import Client
     with Client("127.0.0.1:7400", identity="~/veil/alice") as node:
         for ds in node.datasets():
             print(ds.name, ds.version, ds.rows, ds.levels())
@@ -37,11 +37,11 @@ from veil.v1 import (
     usage_pb2_grpc,
 )
 
-from node import pki
-from node._convert import dataset_version_from_proto, meters_from_proto, query_result_from_proto
-from node._rpc import TRAILER_CHECKPOINT, TRAILER_INDEX
-from node.catalog import DatasetVersion
-from node.errors import InvalidInput, Unauthenticated, VeilError, remote_error
+from veil.node import pki
+from veil.node._convert import dataset_version_from_proto, meters_from_proto, query_result_from_proto
+from veil.node._rpc import TRAILER_CHECKPOINT, TRAILER_INDEX
+from veil.node.catalog import DatasetVersion
+from veil.node.errors import InvalidInput, Unauthenticated, VeilError, remote_error
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -313,7 +313,7 @@ class Client:
     def decide(self, job_id: str, decision: str, *, reason: str = "",
                quota: dict[str, int] | None = None) -> JobInfo:
         """Sign and send this approver's decision on a job at this node."""
-        from node.jobs import QUOTA_METERS, Decision, Quota, sign_decision
+        from veil.node.jobs import QUOTA_METERS, Decision, Quota, sign_decision
 
         ident = self.identity.identity
         d = Decision(
@@ -365,8 +365,8 @@ class Client:
 
 def sign_job_text(toml_text: str, identity: pki.LocalIdentity) -> Any:
     """A job spec file's text → a SignedJob by ``identity`` (SQL normalized by DuckDB)."""
-    from node.jobs import parse_job_toml, sign_job
-    from node.queries import normalize
+    from veil.node.jobs import parse_job_toml, sign_job
+    from veil.node.queries import normalize
 
     spec = parse_job_toml(toml_text, analyst=identity.identity.name, normalize_sql=normalize)
     return sign_job(spec, identity)  # type: ignore[arg-type]

@@ -17,8 +17,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from node.errors import ConfigError, InvalidInput
-from node.jobs import (
+from veil.node.errors import ConfigError, InvalidInput
+from veil.node.jobs import (
     KINDS,
     LEVELS,
     MASKS,
@@ -29,8 +29,8 @@ from node.jobs import (
     Quota,
     Tariff,
 )
-from node.jobs._approval import ROLE
-from node.jobs._spec import IDENTIFIER, NODE_NAME
+from veil.node.jobs._approval import ROLE
+from veil.node.jobs._spec import IDENTIFIER, NODE_NAME
 
 CONFIG_FILE = "node.toml"
 DEFAULT_LISTEN = "127.0.0.1:7400"

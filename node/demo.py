@@ -25,7 +25,7 @@ def veil(*args: str, check: bool = True, show: bool = True) -> subprocess.Comple
     shown = " ".join(a if " " not in a else repr(a) for a in args)
     if show:
         print(f"\n$ veil {shown}", flush=True)
-    r = subprocess.run([sys.executable, "-m", "node.cli", *args], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "veil.node.cli", *args], capture_output=True, text=True,
                        cwd=ROOT)
     out = (r.stdout + r.stderr).rstrip()
     if show and out:
@@ -56,7 +56,7 @@ def write_customers(path: Path, n: int, seed: int) -> None:
 def start_node(node_dir: str) -> tuple[subprocess.Popen[str], str]:
     print(f"\n$ veil node serve {node_dir} --listen 127.0.0.1:0 &", flush=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "node.cli", "node", "serve", node_dir, "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "veil.node.cli", "node", "serve", node_dir, "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )
     assert proc.stdout is not None

@@ -24,17 +24,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from node import catalog
-from node.catalog import DatasetVersion
-from node.config import NodeConfig
-from node.errors import (
+from veil.node import catalog
+from veil.node.catalog import DatasetVersion
+from veil.node.config import NodeConfig
+from veil.node.errors import (
     AlreadyExists,
     ApprovalRequired,
     InvalidInput,
     NotFound,
     PolicyDenied,
 )
-from node.jobs import (
+from veil.node.jobs import (
     Decision,
     Estimate,
     JobSpec,
@@ -55,8 +55,8 @@ from node.jobs import (
     verify_decision,
     verify_job,
 )
-from node.log import Effect, Log, event
-from node.pki import APPROVER_ROLES, Identity
+from veil.node.log import Effect, Log, event
+from veil.node.pki import APPROVER_ROLES, Identity
 
 # Decisions are Ed25519-signed by the approver over this prefix and the canonical bytes.
 
@@ -99,7 +99,7 @@ class Grants:
         self, conn: sqlite3.Connection, lock: threading.Lock, log: Log, config: NodeConfig,
         snapshots: Path,
     ) -> None:
-        from node.queries import normalize
+        from veil.node.queries import normalize
 
         self.normalize_sql = normalize
         self.snapshots = snapshots
@@ -121,7 +121,7 @@ class Grants:
             raise NotFound(f"no job {job!r} on node {self.config.name!r}")
         canonical, signature, ds_name, ds_sha, required_json, revoked, submitted = row
         signed = SignedJob(bytes(canonical), bytes(signature))
-        from node.jobs import spec_from_canonical
+        from veil.node.jobs import spec_from_canonical
 
         spec = spec_from_canonical(signed.canonical)
         decisions = tuple(
@@ -190,7 +190,7 @@ class Grants:
                          self.config.policy)
         required = required_roles(spec, self.config.name, dataset.levels(), self.config.policy)
         if spec.kind == "query":  # approvers only ever see SQL the sandbox would accept
-            from node import queries
+            from veil.node import queries
 
             q = queries.inputs(spec, self.config.name, dataset, self.snapshots, self.config)
             queries.validate(q, queries.limits(self.config))
@@ -341,7 +341,7 @@ class Grants:
 
 
 def statement_total(lines: list[dict[str, Any]]) -> Decimal:
-    from node.jobs import TOTAL_QUANTUM
+    from veil.node.jobs import TOTAL_QUANTUM
 
     return sum((line["amount"] for line in lines), Decimal(0)).quantize(TOTAL_QUANTUM)
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from node import pki, state
-from node.audit import NoteSigner
-from node.config import NodeConfig, default_config_text, load_config
-from node.errors import AlreadyExists, ConfigError, InvalidInput
-from node.log import Log, event
+from veil.node import pki, state
+from veil.node.audit import NoteSigner
+from veil.node.config import NodeConfig, default_config_text, load_config
+from veil.node.errors import AlreadyExists, ConfigError, InvalidInput
+from veil.node.log import Log, event
 
 IDENTITY_FILES = ("tls.key", "tls.crt", "sign.key", "ca.crt")
 

@@ -25,8 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from node import state
-from node.audit import (
+from veil.node import state
+from veil.node.audit import (
     Checkpoint,
     Frontier,
     NoteSigner,
@@ -35,7 +35,7 @@ from node.audit import (
     leaf_hash,
     sign_checkpoint,
 )
-from node.errors import InvalidInput, VeilError
+from veil.node.errors import InvalidInput, VeilError
 
 ENTRY_VERSION = 1
 MAX_BATCH = 512

@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from node.errors import (
+from veil.node.errors import (
     AlreadyExists,
     ConfigError,
     InvalidInput,
@@ -62,7 +62,7 @@ from node.errors import (
 )
 
 if TYPE_CHECKING:
-    from node.audit import NoteSigner
+    from veil.node.audit import NoteSigner
 
 __all__ = [
     "APPROVER_ROLES",
@@ -974,6 +974,6 @@ def note_signer(local: LocalIdentity, name: str) -> NoteSigner:
     The one sanctioned way for the key to leave :class:`LocalIdentity`: into another
     key-holding object that refuses pickling too.
     """
-    from node.audit import NoteSigner
+    from veil.node.audit import NoteSigner
 
     return NoteSigner(name, local._signing_key)

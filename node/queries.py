@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sandbox
-from node import catalog
-from node.catalog import DatasetVersion
-from node.config import NodeConfig
-from node.errors import InvalidInput, PolicyDenied, ResourceLimit, VeilError
-from node.jobs import JobSpec, Meters, spec_from_canonical
+from veil import sandbox
+from veil.node import catalog
+from veil.node.catalog import DatasetVersion
+from veil.node.config import NodeConfig
+from veil.node.errors import InvalidInput, PolicyDenied, ResourceLimit, VeilError
+from veil.node.jobs import JobSpec, Meters, spec_from_canonical
 
 
 @dataclass(frozen=True)
@@ -126,9 +126,9 @@ class Replayed:
 def replay(node_dir: Path, start: int = 0) -> list[Replayed]:
     """Re-run every logged successful query call from ``start`` on, against the exact
     dataset version and policy it used; compare result digests."""
-    from node import state
-    from node.auditor import LocalLog, check_entry
-    from node.home import NodeHome
+    from veil.node import state
+    from veil.node.auditor import LocalLog, check_entry
+    from veil.node.home import NodeHome
 
     home = NodeHome(node_dir)
     source = LocalLog(node_dir)

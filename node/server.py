@@ -27,20 +27,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from veil.v1 import audit_pb2, catalog_pb2, jobs_pb2, node_pb2, query_pb2, usage_pb2
 
-from node import catalog, queries
-from node._convert import (
+from veil.node import catalog, queries
+from veil.node._convert import (
     dataset_version_to_proto,
     job_to_proto,
     meters_to_proto,
     query_result_to_proto,
 )
-from node._rpc import Call, Gate, Method
-from node.errors import ConfigError, InvalidInput, NotFound, PolicyDenied
-from node.grants import Grants, statement_total
-from node.home import NodeHome
-from node.jobs import SignedJob, check_analyst
-from node.log import Log, event, parse_user_time
-from node.pki import APPROVER_ROLES, ROLES, Identity
+from veil.node._rpc import Call, Gate, Method
+from veil.node.errors import ConfigError, InvalidInput, NotFound, PolicyDenied
+from veil.node.grants import Grants, statement_total
+from veil.node.home import NodeHome
+from veil.node.jobs import SignedJob, check_analyst
+from veil.node.log import Log, event, parse_user_time
+from veil.node.pki import APPROVER_ROLES, ROLES, Identity
 
 log = logging.getLogger("veil.server")
 

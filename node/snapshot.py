@@ -35,7 +35,7 @@ from pathlib import Path
 
 import duckdb
 
-from node.errors import InvalidInput
+from veil.node.errors import InvalidInput
 
 __all__ = ["IDENTIFIER_RULE", "Snapshot", "import_file"]
 

@@ -49,9 +49,9 @@ in ``sandbox/_engine.py``; the result's canonical serialization and digest in
 
 from __future__ import annotations
 
-from sandbox._engine import run
-from sandbox._errors import QueryLimitExceeded, QueryRejected, SandboxError
-from sandbox._model import (
+from veil.sandbox._engine import run
+from veil.sandbox._errors import QueryLimitExceeded, QueryRejected, SandboxError
+from veil.sandbox._model import (
     LEVELS,
     MASK_KINDS,
     Column,
@@ -61,7 +61,7 @@ from sandbox._model import (
     QueryResult,
     Table,
 )
-from sandbox._query import ValidatedQuery, normalize, validate
+from veil.sandbox._query import ValidatedQuery, normalize, validate
 
 __all__ = [
     "LEVELS",

@@ -55,12 +55,12 @@ from typing import Any, Self
 
 import duckdb
 
-from sandbox import _result
-from sandbox._errors import QueryLimitExceeded, SandboxError
-from sandbox._model import Limits, Meters, QueryResult, fold
-from sandbox._parse import quote_ident, quote_str
-from sandbox._query import ValidatedQuery
-from sandbox._rules import Core
+from veil.sandbox import _result
+from veil.sandbox._errors import QueryLimitExceeded, SandboxError
+from veil.sandbox._model import Limits, Meters, QueryResult, fold
+from veil.sandbox._parse import quote_ident, quote_str
+from veil.sandbox._query import ValidatedQuery
+from veil.sandbox._rules import Core
 
 _TOP = 1024  # per-subject row counts kept per snapshot: enough for min_group_size <= 1025
 

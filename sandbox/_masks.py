@@ -14,7 +14,7 @@ masked text can reach the output. NULL stays NULL.
 
 from __future__ import annotations
 
-from sandbox._parse import Node, parse_expression, substitute
+from veil.sandbox._parse import Node, parse_expression, substitute
 
 _INPUT = "__veil_mask_input"
 _V = f"CAST({_INPUT} AS VARCHAR)"

@@ -17,7 +17,7 @@ from typing import Any
 
 import duckdb
 
-from sandbox._errors import QueryRejected
+from veil.sandbox._errors import QueryRejected
 
 Node = dict[str, Any]
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from sandbox import _parse
-from sandbox._errors import QueryLimitExceeded, QueryRejected
-from sandbox._model import Limits, Policy, Table, fold
-from sandbox._parse import Node, quote_ident
-from sandbox._rules import Core, CoreAnalyzer, check_layer, find_shape
+from veil.sandbox import _parse
+from veil.sandbox._errors import QueryLimitExceeded, QueryRejected
+from veil.sandbox._model import Limits, Policy, Table, fold
+from veil.sandbox._parse import Node, quote_ident
+from veil.sandbox._rules import Core, CoreAnalyzer, check_layer, find_shape
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox import _masks
-from sandbox._errors import QueryRejected
-from sandbox._model import RESERVED_PREFIX, Column, Policy, Table, fold
-from sandbox._parse import Node, parse_expression, quote_ident, strip_locations, substitute
+from veil.sandbox import _masks
+from veil.sandbox._errors import QueryRejected
+from veil.sandbox._model import RESERVED_PREFIX, Column, Policy, Table, fold
+from veil.sandbox._parse import Node, parse_expression, quote_ident, strip_locations, substitute
 
 SCALARS = frozenset(
     {

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from node import pki
-from node.client import Client
-from node.home import NodeHome, init_node
-from node.server import RunningNode, start
+from veil.node import pki
+from veil.node.client import Client
+from veil.node.home import NodeHome, init_node
+from veil.node.server import RunningNode, start
 
 ROLES_TO_ISSUE = ("analyst", "auditor", "operator", "subject-representative")
 
@@ -79,7 +79,7 @@ def make_node(federation: Federation, root: Path, name: str) -> NodeHome:
 
 
 def register_customers(home: NodeHome, tmp: Path, rows: int = 60) -> None:
-    from node import catalog
+    from veil.node import catalog
 
     src = write_customers(tmp / f"customers-{home.path.name}.csv", rows)
     conn = home.connect()
@@ -131,7 +131,7 @@ class ServeProcess:
 
     def __init__(self, node_dir: Path, listen: str = "127.0.0.1:0") -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "node", "serve", str(node_dir), "--listen", listen],
+            [sys.executable, "-m", "veil.node.cli", "node", "serve", str(node_dir), "--listen", listen],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -159,7 +159,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run `veil ARGS` as a user would; returns the completed process (never raises)."""
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
+        [sys.executable, "-m", "veil.node.cli", *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},

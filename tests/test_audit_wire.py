@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import pytest
 
-from node.audit import (
+from veil.node.audit import (
     Checkpoint,
     NoteVerifier,
     leaf_hash,
@@ -29,10 +29,10 @@ from node.audit import (
     verify_consistency,
     verify_inclusion,
 )
-from node.auditor import RemoteLog
-from node.client import CallReceipt, Client
-from node.errors import InvalidInput, NotFound, PolicyDenied, VerificationError
-from node.server import RunningNode
+from veil.node.auditor import RemoteLog
+from veil.node.client import CallReceipt, Client
+from veil.node.errors import InvalidInput, NotFound, PolicyDenied, VerificationError
+from veil.node.server import RunningNode
 from tests.conftest import Federation, run_cli
 
 ClientFor = Callable[[str, str], Client]

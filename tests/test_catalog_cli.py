@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from node.home import NodeHome
+from veil.node.home import NodeHome
 from tests.conftest import Federation, make_node, run_cli, write_customers
 
 LEVEL_ARGS = ["--level", "region=public", "--level", "age_band=internal",

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.audit import (
+from veil.node.audit import (
     Checkpoint,
     MemoryTree,
     NoteSigner,
@@ -32,7 +32,7 @@ from node.audit import (
     verify_consistency,
     vkey_for,
 )
-from node.errors import InvalidInput, VerificationError
+from veil.node.errors import InvalidInput, VerificationError
 
 VECTORS: dict[str, Any] = json.loads(
     (Path(__file__).parent / "vectors" / "signed_note_vectors.json").read_text()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from node.config import Limits, default_config_text, load_config
-from node.errors import ConfigError
-from node.jobs import ApprovalRule, Quota
+from veil.node.config import Limits, default_config_text, load_config
+from veil.node.errors import ConfigError
+from veil.node.jobs import ApprovalRule, Quota
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -14,14 +14,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.errors import (
+from veil.node.errors import (
     ApprovalRequired,
     InvalidInput,
     PolicyDenied,
     QuotaExhausted,
     VerificationError,
 )
-from node.jobs import (
+from veil.node.jobs import (
     METER_NAMES,
     QUOTA_METERS,
     ApprovalRule,
@@ -793,7 +793,7 @@ def test_tariff_rejects_bad_prices(currency: str, prices: dict, fragment: str) -
 def test_relative_expiry_is_resolved_at_parse_time() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from node.jobs import parse_job_toml
+    from veil.node.jobs import parse_job_toml
 
     now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
     text = (

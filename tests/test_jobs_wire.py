@@ -15,15 +15,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from node.client import Client, sign_job_text
-from node.errors import (
+from veil.node.client import Client, sign_job_text
+from veil.node.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidInput,
     PolicyDenied,
     ResourceLimit,
 )
-from node.server import RunningNode
+from veil.node.server import RunningNode
 from tests.conftest import Federation, run_cli
 
 SQL = "SELECT region, COUNT(*) AS n, SUM(amount) AS total FROM customers GROUP BY region"
@@ -141,7 +141,7 @@ def test_wrong_role_forged_and_double_approvals(people, federation: Federation,
         generic.approve(job.id)
     generic.close()
     # a decision signed by sam but sent by olga: the signature is checked against olga's key
-    from node.jobs import Decision, sign_decision
+    from veil.node.jobs import Decision, sign_decision
     from veil.v1 import jobs_pb2
 
     d = Decision(job.id, "bank-a", "sam", "subject-representative", "approve", "", None,
@@ -228,8 +228,8 @@ def test_revoked_job_stops_at_once(people) -> None:
 
 def test_revocation_during_a_run_releases_nothing(people, running: RunningNode) -> None:
     """A run admitted before the revocation commits is refused when it is charged."""
-    from node.errors import ApprovalRequired
-    from node.jobs import Meters
+    from veil.node.errors import ApprovalRequired
+    from veil.node.jobs import Meters
 
     job = approved(people)
     grants = running.runtime.grants
@@ -251,7 +251,7 @@ def test_expired_job_cannot_run(people) -> None:
 
 
 def test_denied_analyst_is_refused_everywhere(node_home, federation: Federation) -> None:
-    from node.server import start
+    from veil.node.server import start
 
     config = node_home.config_path.read_text()
     node_home.config_path.write_text(config.replace("deny_analysts = []",

@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node import state
-from node.audit import (
+from veil.node import state
+from veil.node.audit import (
     Checkpoint,
     Frontier,
     MemoryTree,
@@ -47,8 +47,8 @@ from node.audit import (
     verify_consistency,
     verify_inclusion,
 )
-from node.home import NodeHome
-from node.log import ENTRY_VERSION, Log, Receipt, canonical_json, event
+from veil.node.home import NodeHome
+from veil.node.log import ENTRY_VERSION, Log, Receipt, canonical_json, event
 from tests.conftest import Federation, make_node, register_customers, run_cli
 
 ORIGIN = "veil.test/log-under-test"
@@ -604,8 +604,8 @@ def test_rewritten_history_is_caught_with_the_first_index_that_differs(
 
 
 def test_user_times_compare_like_log_times() -> None:
-    from node.errors import InvalidInput
-    from node.log import parse_user_time
+    from veil.node.errors import InvalidInput
+    from veil.node.log import parse_user_time
 
     logged = "2026-11-27T01:00:00.000001Z"  # how entries and statement lines carry time
     assert parse_user_time("2026-11-27T01:00:00Z", "--since") < logged

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from node.audit import leaf_hash, open_checkpoint, verify_consistency, verify_inclusion
-from node.auditor import LocalLog, verify
-from node.client import Client
-from node.errors import VeilError
-from node.home import NodeHome
+from veil.node.audit import leaf_hash, open_checkpoint, verify_consistency, verify_inclusion
+from veil.node.auditor import LocalLog, verify
+from veil.node.client import Client
+from veil.node.errors import VeilError
+from veil.node.home import NodeHome
 from tests.conftest import Federation, ServeProcess, make_node, register_customers
 
 THREADS = 4

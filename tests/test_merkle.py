@@ -30,7 +30,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.audit import (
+from veil.node.audit import (
     EMPTY_ROOT,
     HASH_SIZE,
     Frontier,
@@ -45,7 +45,7 @@ from node.audit import (
     verify_consistency,
     verify_inclusion,
 )
-from node.errors import InvalidInput, VeilError, VerificationError
+from veil.node.errors import InvalidInput, VeilError, VerificationError
 
 VECTORS: dict[str, Any] = json.loads(
     (Path(__file__).parent / "vectors" / "rfc6962_vectors.json").read_text()

@@ -19,10 +19,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from node import pki
-from node.client import Client
-from node.errors import InvalidInput, PolicyDenied, RemoteError, Unauthenticated
-from node.server import RunningNode, start
+from veil.node import pki
+from veil.node.client import Client
+from veil.node.errors import InvalidInput, PolicyDenied, RemoteError, Unauthenticated
+from veil.node.server import RunningNode, start
 from tests.conftest import Federation, ServeProcess, make_node, run_cli
 
 
@@ -51,7 +51,7 @@ def test_catalog_shows_schema_levels_rows_and_receipt_but_no_values(client_for) 
         "amount": "sensitive", "phone": "sensitive", "national_id": "core",
     }
     # the receipt is signed and verifiable from the node's certificate alone
-    from node.catalog import verify_receipt
+    from veil.node.catalog import verify_receipt
 
     node_ident = pki.TrustStore.load(analyst.identity.ca_cert).identify(
         analyst.info().certificate_pem.encode()
@@ -137,7 +137,7 @@ def test_garbage_request_is_invalid_argument_and_logged(client_for) -> None:
 
 
 def test_unknown_dataset_is_not_found_naming_what_exists(client_for) -> None:
-    from node.errors import NotFound
+    from veil.node.errors import NotFound
 
     with pytest.raises(NotFound, match="no dataset named 'nope'.*customers"):
         client_for("analyst", "alice").dataset("nope")
@@ -158,7 +158,7 @@ def test_health_and_reflection_are_served(running: RunningNode, federation: Fede
 
 def test_port_in_use_is_refused_clearly(running: RunningNode, federation: Federation, tmp_path: Path) -> None:
     other = make_node(federation, tmp_path, "bank-b")
-    from node.errors import ConfigError
+    from veil.node.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"cannot listen on {running.address}"):
         start(other.path, running.address)
@@ -186,7 +186,7 @@ def test_sigterm_shuts_down_gracefully_and_logs_it(node_home, federation: Federa
     code, out, err = proc.terminate()
     assert code == 0, err
     assert "stopped" in out
-    from node.auditor import LocalLog, read_entries, LogFilter
+    from veil.node.auditor import LocalLog, read_entries, LogFilter
 
     events = [r.get("event") for _, r in read_entries(LocalLog(node_home.path), LogFilter())]
     assert events[-1] == "node.stopped"
@@ -194,7 +194,7 @@ def test_sigterm_shuts_down_gracefully_and_logs_it(node_home, federation: Federa
 
 
 def test_a_changed_node_toml_is_logged_at_the_next_start(node_home) -> None:
-    from node.auditor import LocalLog, LogFilter, read_entries
+    from veil.node.auditor import LocalLog, LogFilter, read_entries
 
     def events() -> list[tuple[str, dict]]:
         return [(r["event"], r["details"]) for _, r in

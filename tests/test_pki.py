@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from node import pki
-from node.errors import (
+from veil.node import pki
+from veil.node.errors import (
     AlreadyExists,
     ConfigError,
     InvalidInput,

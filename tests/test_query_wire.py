@@ -11,9 +11,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from node.client import Client
-from node.errors import PolicyDenied, ResourceLimit, VeilError
-from node.server import RunningNode
+from veil.node.client import Client
+from veil.node.errors import PolicyDenied, ResourceLimit, VeilError
+from veil.node.server import RunningNode
 from tests.conftest import Federation, run_cli
 from tests.test_jobs_wire import job_toml
 

@@ -49,7 +49,7 @@ def test_walkthrough_runs_as_written(tmp_path: Path) -> None:
     )
     out = result.stdout + result.stderr
     # stop the node even if a step failed
-    subprocess.run([sys.executable, "-m", "node.cli", "node", "stop",
+    subprocess.run([sys.executable, "-m", "veil.node.cli", "node", "stop",
                     str(tmp_path / "walkthrough" / "bank-a")], capture_output=True)
     assert result.returncode == 0, out
     assert "valid receipt: node 'bank-a' registered customers version 1" in out

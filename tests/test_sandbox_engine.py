@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sandbox
-from sandbox import (
+from veil import sandbox
+from veil.sandbox import (
     Column,
     Limits,
     Policy,

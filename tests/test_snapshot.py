@@ -10,9 +10,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from node import snapshot as snapshot_module
-from node.errors import InvalidInput
-from node.snapshot import Snapshot, import_file
+from veil.node import snapshot as snapshot_module
+from veil.node.errors import InvalidInput
+from veil.node.snapshot import Snapshot, import_file
 
 CSV = (
     "id,region,age,amount,phone\n"

@@ -35,8 +35,8 @@ store of those subtrees (``MemoryTree`` is the in-memory reference store), and
 ``sign_checkpoint``/``NoteSigner`` sign tree heads.
 """
 
-from node.audit._checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from node.audit._merkle import (
+from veil.node.audit._checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from veil.node.audit._merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
     Frontier,
@@ -51,7 +51,7 @@ from node.audit._merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from node.audit._note import NoteSigner, NoteVerifier, open_note, vkey_for
+from veil.node.audit._note import NoteSigner, NoteVerifier, open_note, vkey_for
 
 __all__ = [
     "EMPTY_ROOT",

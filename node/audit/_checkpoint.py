@@ -17,9 +17,9 @@ import base64
 import re
 from dataclasses import dataclass
 
-from node.audit._merkle import HASH_SIZE
-from node.audit._note import NoteSigner, NoteVerifier, _b64decode, open_note
-from node.errors import InvalidInput, VerificationError
+from veil.node.audit._merkle import HASH_SIZE
+from veil.node.audit._note import NoteSigner, NoteVerifier, _b64decode, open_note
+from veil.node.errors import InvalidInput, VerificationError
 
 __all__ = ["Checkpoint", "open_checkpoint", "sign_checkpoint"]
 

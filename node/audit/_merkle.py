@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from hashlib import sha256 as _sha256
 
-from node.errors import InvalidInput, VerificationError
+from veil.node.errors import InvalidInput, VerificationError
 
 __all__ = [
     "EMPTY_ROOT",

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from node.errors import InvalidInput, VerificationError
+from veil.node.errors import InvalidInput, VerificationError
 
 __all__ = ["NoteSigner", "NoteVerifier", "open_note", "vkey_for"]
 

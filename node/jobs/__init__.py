@@ -5,7 +5,7 @@ approval decisions, apply the node's approval policy and negative lists, meter u
 against quotas and price it with a tariff.
 """
 
-from node.jobs._approval import (
+from veil.node.jobs._approval import (
     DECISIONS,
     Decision,
     SignedDecision,
@@ -16,7 +16,7 @@ from node.jobs._approval import (
     sign_decision,
     verify_decision,
 )
-from node.jobs._policy import (
+from veil.node.jobs._policy import (
     LEVELS,
     MASKS,
     OPERATOR,
@@ -32,7 +32,7 @@ from node.jobs._policy import (
     required_roles,
     reveals,
 )
-from node.jobs._spec import (
+from veil.node.jobs._spec import (
     KINDS,
     PSI_OUTPUTS,
     JobSpec,
@@ -48,7 +48,7 @@ from node.jobs._spec import (
     spec_from_canonical,
     verify_job,
 )
-from node.jobs._tariff import (
+from veil.node.jobs._tariff import (
     METER_NAMES,
     QUOTA_METERS,
     TOTAL_QUANTUM,

@@ -18,8 +18,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from node.errors import InvalidInput, VerificationError
-from node.jobs._spec import (
+from veil.node.errors import InvalidInput, VerificationError
+from veil.node.jobs._spec import (
     CANONICAL_VERSION,
     check_node_name,
     check_text,
@@ -28,7 +28,7 @@ from node.jobs._spec import (
     load_canonical_json,
     parse_time,
 )
-from node.jobs._tariff import QUOTA_METERS, Quota
+from veil.node.jobs._tariff import QUOTA_METERS, Quota
 
 DECISIONS: tuple[str, ...] = ("approve", "reject")
 DECISION_SIGNING_PREFIX = b"veil-decision-v1\n"

@@ -15,10 +15,10 @@ from decimal import ROUND_CEILING, Decimal
 from fnmatch import fnmatchcase
 from types import MappingProxyType
 
-from node.errors import ApprovalRequired, InvalidInput, PolicyDenied
-from node.jobs._approval import Decision, check_role
-from node.jobs._spec import KINDS, JobSpec, NodePart
-from node.jobs._tariff import METER_NAMES, QUOTA_METERS, TOTAL_QUANTUM, Quota, Tariff
+from veil.node.errors import ApprovalRequired, InvalidInput, PolicyDenied
+from veil.node.jobs._approval import Decision, check_role
+from veil.node.jobs._spec import KINDS, JobSpec, NodePart
+from veil.node.jobs._tariff import METER_NAMES, QUOTA_METERS, TOTAL_QUANTUM, Quota, Tariff
 
 #: classification levels, least to most protected
 LEVELS: tuple[str, ...] = ("public", "internal", "sensitive", "core")

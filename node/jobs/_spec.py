@@ -27,8 +27,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from node.errors import ApprovalRequired, InvalidInput, VerificationError
-from node.jobs._tariff import QUOTA_METERS, Quota
+from veil.node.errors import ApprovalRequired, InvalidInput, VerificationError
+from veil.node.jobs._tariff import QUOTA_METERS, Quota
 
 #: the computations a job can ask for
 KINDS: tuple[str, ...] = ("sum", "psi", "intersection_sum", "query")

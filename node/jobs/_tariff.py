@@ -16,7 +16,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from types import MappingProxyType
 from typing import Any
 
-from node.errors import InvalidInput, QuotaExhausted
+from veil.node.errors import InvalidInput, QuotaExhausted
 
 #: every meter Veil counts, in statement order
 METER_NAMES: tuple[str, ...] = (

@@ -97,7 +97,7 @@ def job_to_proto(view: "JobView", config: "NodeConfig") -> jobs_pb2.Job:
         estimate_json=json.dumps(
             {"lines": est.lines(), "rows_total": est.rows_total, "max_level": est.max_level,
              "max_price": str(est.max_price), "currency": est.currency,
-             "dataset": f"{view.dataset.name}@{view.dataset.sha256}"},
+             "dataset": view.dataset.ref},
             ensure_ascii=False,
         ),
     )

@@ -1,16 +1,21 @@
 """Every RPC goes through one wrapper: authenticate, authorize, parse, handle, log, release.
 
-Servicers stay thin: a method is a plain handler ``(request, call) -> response`` plus
-the roles allowed to call it. This module does the rest, in the order DESIGN.md
-gives for one call:
+Servicers stay thin: a service module (``node/services/``) supplies, per method, the roles
+allowed to call it and a plain handler (:class:`Rpc`); names and message types come from
+the generated descriptors. This module does the rest, in the order DESIGN.md gives for one
+call:
 
 1. identify the caller from its client certificate (federation CA, validity, CRL, role);
 2. check the caller's role for the method and the node's deny list;
 3. parse the request ourselves, so a truncated or garbage message is logged and
    answered ``INVALID_ARGUMENT`` instead of grpcio's bare ``INTERNAL``;
-4. run the handler (which may add job, datasets, meters and a transactional effect);
-5. append the log entry — allowed or denied, success or failure — durably, and
-   only then release the answer, with the receipt in trailing metadata.
+4. for a compute method, admit the job for the method's kind and hand the handler the
+   grant; it returns an :class:`Outcome` (response, meters, datasets, digest), and the gate
+   turns the meters into the effect that charges them. A handler has no other way to
+   charge, and a compute answer that is not an Outcome is an internal error: so no compute
+   answer can leave uncharged;
+5. append the log entry — allowed or denied, success or failure — with its effect,
+   durably, and only then release the answer, with the receipt in trailing metadata.
 
 Domain errors map to status codes here and only here (``VeilError.status``).
 """
@@ -19,14 +24,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from veil.node.errors import PolicyDenied, Unauthenticated, VeilError
+from veil.node.grants import Grants
+from veil.node.jobs import Meters
 from veil.node.log import Effect, Log, Receipt
 from veil.node.pki import Identity, TrustStore
 
@@ -53,17 +61,46 @@ class Call:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-Handler = Callable[[Any, Call], Any]
+#: ``(request, call)``, or ``(request, call, grant)`` for a compute method
+Handler = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Rpc:
+    """What a service module supplies for one method: who may call it and what handles it.
+
+    The method's name, message types and streaming shape come from the generated
+    descriptors (:meth:`Gate.service`), never from a second hand-written table. A method with
+    a ``kind`` is a compute method: the gate admits the job named by the request's
+    ``job_id`` for that kind and calls ``handler(request, call, grant)``, which must return an
+    :class:`Outcome`; the gate charges it inside the log entry's transaction. Any other
+    method's handler is ``handler(request, call)`` and returns the response message.
+    """
+
+    roles: frozenset[str]
+    handler: Handler
+    kind: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a compute handler returns: the answer and everything the gate logs and charges."""
+
+    response: Message
+    meters: Meters
+    datasets: tuple[str, ...]
+    digest: str
 
 
 @dataclass(frozen=True)
 class Method:
+    """One served method, resolved against its descriptor."""
+
     name: str
     request: type[Message]
     response: type[Message]
-    roles: frozenset[str]
-    handler: Handler
-    streaming: bool = False
+    rpc: Rpc
+    server_streaming: bool
 
 
 def abort(context: grpc.ServicerContext, error: VeilError) -> NoReturn:
@@ -74,10 +111,12 @@ def abort(context: grpc.ServicerContext, error: VeilError) -> NoReturn:
 class Gate:
     """Authentication, authorization and logging shared by every service."""
 
-    def __init__(self, trust: TrustStore, log_: Log, deny: Callable[[Identity], str | None]):
+    def __init__(self, trust: TrustStore, log_: Log, deny: Callable[[Identity], str | None],
+                 grants: Grants):
         self.trust = trust
         self.log = log_
         self.deny = deny
+        self.grants = grants
 
     def authenticate(self, context: grpc.ServicerContext) -> Identity:
         auth = context.auth_context()
@@ -93,11 +132,13 @@ class Gate:
             log.warning("keeping the CRL in force: %s", exc)
         return self.trust.identify(pems[0])
 
-    def service(self, service_name: str, methods: Iterable[Method]) -> grpc.GenericRpcHandler:
+    def service(self, service_name: str, rpcs: Mapping[str, Rpc]) -> grpc.GenericRpcHandler:
+        """The handler of one service: every method its descriptor declares, each supplied by
+        ``rpcs``; a method left out or one the protos do not declare is a startup error."""
         handlers = {}
-        for m in methods:
+        for m in resolve(service_name, rpcs):
             full = f"/{service_name}/{m.name}"
-            if m.streaming:
+            if m.server_streaming:
                 handlers[m.name] = grpc.unary_stream_rpc_method_handler(
                     self._streaming(full, m), response_serializer=m.response.SerializeToString
                 )
@@ -111,10 +152,11 @@ class Gate:
         """Identify and authorize the caller (recorded on ``call``), then parse."""
         full = call.method
         call.identity = self.authenticate(context)
-        if call.identity.role not in m.roles:
+        roles = m.rpc.roles
+        if call.identity.role not in roles:
             raise PolicyDenied(
                 f"role '{call.identity.role}' may not call {full}; "
-                f"allowed roles: {', '.join(sorted(m.roles))}"
+                f"allowed roles: {', '.join(sorted(roles))}"
             )
         reason = self.deny(call.identity)
         if reason:
@@ -137,8 +179,8 @@ class Gate:
         error: VeilError | None = None
         try:
             request = self._admit(call, m, raw, context)
-            result = m.handler(request, call)
-            if m.streaming:
+            result = self._handle(m, request, call)
+            if m.server_streaming:
                 result = iter(result)
             elif call.result_sha256 is None:
                 call.result_sha256 = hashlib.sha256(
@@ -154,6 +196,26 @@ class Gate:
         if error is not None:
             abort(context, error)
         return result
+
+    def _handle(self, m: Method, request: Any, call: Call) -> Any:
+        """Run the handler; a compute method only ever runs under a grant, and its outcome
+        is charged by the effect that commits with its log entry."""
+        kind = m.rpc.kind
+        if kind is None:
+            result = m.rpc.handler(request, call)
+            if isinstance(result, Outcome):
+                raise TypeError(f"{call.method} returned a compute outcome without a grant")
+            return result
+        call.job_id = request.job_id
+        grant = self.grants.admit(request.job_id, call.identity, kind)
+        outcome = m.rpc.handler(request, call, grant)
+        if not isinstance(outcome, Outcome):
+            raise TypeError(f"{call.method} is a {kind} method and must return an Outcome")
+        call.datasets = list(outcome.datasets)
+        call.meters = outcome.meters.to_dict()
+        call.result_sha256 = outcome.digest
+        call.effect = self.grants.charge(grant, call.identity, call.method, outcome.meters)
+        return outcome.response
 
     def _unary(self, full: str, m: Method) -> Callable[[bytes, grpc.ServicerContext], Message]:
         def behavior(raw: bytes, context: grpc.ServicerContext) -> Message:
@@ -188,6 +250,29 @@ class _Internal(VeilError):
             "internal error in the node; nothing was released. The operator can find the "
             "traceback in the node's output at the time of this call"
         )
+
+
+def resolve(service_name: str, rpcs: Mapping[str, Rpc]) -> list[Method]:
+    """Match a service module's rpcs with the service's descriptor, exactly."""
+    try:
+        service = descriptor_pool.Default().FindServiceByName(service_name)
+    except KeyError:
+        raise TypeError(f"no service {service_name} in the veil.v1 descriptors") from None
+    declared = {m.name: m for m in service.methods}
+    missing, extra = sorted(set(declared) - set(rpcs)), sorted(set(rpcs) - set(declared))
+    if missing or extra:
+        raise TypeError(f"{service_name}: not served {missing}, not declared {extra}")
+    methods = []
+    for name, d in declared.items():
+        if d.client_streaming:
+            raise TypeError(f"{service_name}/{name}: client streaming is not served yet")
+        rpc = rpcs[name]
+        request = message_factory.GetMessageClass(d.input_type)
+        if rpc.kind is not None and "job_id" not in request.DESCRIPTOR.fields_by_name:
+            raise TypeError(f"{service_name}/{name}: a compute method's request needs a job_id")
+        methods.append(Method(name, request, message_factory.GetMessageClass(d.output_type),
+                              rpc, d.server_streaming))
+    return methods
 
 
 def _malformed(m: Method, exc: DecodeError) -> VeilError:

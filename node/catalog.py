@@ -54,6 +54,11 @@ class DatasetVersion:
     def levels(self) -> dict[str, str]:
         return {c.name: c.level for c in self.columns}
 
+    @property
+    def ref(self) -> str:
+        """``name@sha256``: how log entries, jobs and results name this exact version."""
+        return f"{self.name}@{self.sha256}"
+
     def snapshot_path(self, snapshots_dir: Path) -> Path:
         return snapshots_dir / f"{self.sha256}.parquet"
 

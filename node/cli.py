@@ -493,9 +493,9 @@ def _fmt(v: Any) -> str:
 
 
 def cmd_audit_replay(args: argparse.Namespace) -> int:
-    from veil.node import queries
+    from veil.node import kinds
 
-    results = queries.replay(Path(args.node_dir), args.start)
+    results = kinds.replay(Path(args.node_dir), args.start)
     bad = [r for r in results if not r.ok]
     for r in results:
         mark = "ok      " if r.ok else "MISMATCH"

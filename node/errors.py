@@ -51,6 +51,12 @@ class FailedPrecondition(VeilError):
     status = "FAILED_PRECONDITION"
 
 
+class Unimplemented(VeilError):
+    """The request is well-formed but asks for something this node does not do (yet)."""
+
+    status = "UNIMPLEMENTED"
+
+
 class QuotaExhausted(VeilError):
     status = "RESOURCE_EXHAUSTED"
 
@@ -96,6 +102,7 @@ _BY_STATUS: dict[str, type[VeilError]] = {
     "PERMISSION_DENIED": PolicyDenied,
     "FAILED_PRECONDITION": FailedPrecondition,
     "RESOURCE_EXHAUSTED": ResourceLimit,
+    "UNIMPLEMENTED": Unimplemented,
 }
 
 

@@ -94,6 +94,29 @@ class JobView:
         )
 
 
+@dataclass(frozen=True)
+class Grant:
+    """One admitted call of a job: what the gate hands a compute handler.
+
+    Only :meth:`Grants.admit` makes one, after every check; :meth:`Grants.charge` takes one
+    back to charge the call's meters inside its log entry's transaction.
+    """
+
+    job: JobView
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def spec(self) -> JobSpec:
+        return self.job.spec
+
+    @property
+    def dataset(self) -> DatasetVersion:
+        return self.job.dataset
+
+
 class Grants:
     def __init__(
         self, conn: sqlite3.Connection, lock: threading.Lock, log: Log, config: NodeConfig,
@@ -189,11 +212,9 @@ class Grants:
         check_submission(spec, self.config.name, dataset.levels(), dataset.key_column,
                          self.config.policy)
         required = required_roles(spec, self.config.name, dataset.levels(), self.config.policy)
-        if spec.kind == "query":  # approvers only ever see SQL the sandbox would accept
-            from veil.node import queries
+        from veil.node import kinds
 
-            q = queries.inputs(spec, self.config.name, dataset, self.snapshots, self.config)
-            queries.validate(q, queries.limits(self.config))
+        kinds.get(spec.kind).validate(spec, dataset, self.config, self.snapshots)
 
         def store(tx: sqlite3.Connection, index: int) -> None:
             tx.execute(
@@ -208,7 +229,7 @@ class Grants:
         try:
             self.log.append(
                 event("job.submitted", job=ident, analyst=spec.analyst, kind=spec.kind,
-                      dataset=f"{dataset.name}@{dataset.sha256}", required=sorted(required)),
+                      dataset=dataset.ref, required=sorted(required)),
                 effect=store,
             )
         except sqlite3.IntegrityError:  # a concurrent replay won the race
@@ -290,7 +311,7 @@ class Grants:
 
     # -- enforcement ---------------------------------------------------------------
 
-    def admit(self, job: str, caller: Identity, kind: str) -> JobView:
+    def admit(self, job: str, caller: Identity, kind: str) -> Grant:
         """Everything that must hold before a compute call touches data; one place."""
         if caller.role != "analyst":
             raise PolicyDenied(f"only the job's analyst may run it, not a {caller.role!r}")
@@ -298,10 +319,11 @@ class Grants:
             found = self.get(job)
         _check_runnable(found, caller, kind)
         found.quota.check(found.used, Meters(runs=1))
-        return found
+        return Grant(found)
 
-    def charge(self, job: str, caller: Identity, method: str, meters: Meters) -> Effect:
+    def charge(self, grant: Grant, caller: Identity, method: str, meters: Meters) -> Effect:
         """The effect that charges ``meters`` to the job, atomically with the log entry."""
+        job = grant.id
 
         def effect(tx: sqlite3.Connection, index: int) -> None:
             current = self.get(job, tx)

@@ -232,13 +232,13 @@ def test_revocation_during_a_run_releases_nothing(people, running: RunningNode) 
     from veil.node.jobs import Meters
 
     job = approved(people)
-    grants = running.runtime.grants
-    alice = running.runtime.home.trust().identify(people["alice"].identity.read_tls_cert())
-    grants.admit(job.id, alice, "query")  # the run starts ...
+    grants = running.ctx.grants
+    alice = running.ctx.home.trust().identify(people["alice"].identity.read_tls_cert())
+    grant = grants.admit(job.id, alice, "query")  # the run starts ...
     people["olga"].revoke(job.id, "revoked mid-run")  # ... the operator revokes ...
-    charge = grants.charge(job.id, alice, "/veil.v1.QueryService/RunQuery", Meters(runs=1))
+    charge = grants.charge(grant, alice, "/veil.v1.QueryService/RunQuery", Meters(runs=1))
     with pytest.raises(ApprovalRequired, match="revoked"):  # ... and the charge refuses
-        running.runtime.log.append({"kind": "call", "method": "test"}, effect=charge)
+        running.ctx.log.append({"kind": "call", "method": "test"}, effect=charge)
     assert people["olga"].job(job.id).used["runs"] == 0
 
 

@@ -28,10 +28,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from veil.node.errors import ApprovalRequired, InvalidInput, VerificationError
+from veil.node.jobs._kinds import KINDS, MAX_NODES, SCHEMAS
 from veil.node.jobs._tariff import QUOTA_METERS, Quota
 
-#: the computations a job can ask for
-KINDS: tuple[str, ...] = ("sum", "psi", "intersection_sum", "query")
 PSI_OUTPUTS: tuple[str, ...] = ("cardinality", "membership")
 #: a job may not be valid for longer than this after it is written
 MAX_LIFETIME = timedelta(days=365)
@@ -40,7 +39,6 @@ CANONICAL_VERSION = 1
 #: signatures over jobs are domain-separated from every other Veil signature
 JOB_SIGNING_PREFIX = b"veil-job-v1\n"
 MAX_JOB_BYTES = 1 << 20
-MAX_NODES = 64
 
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -50,13 +48,6 @@ _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
 _TOP_KEYS = ("purpose", "kind", "expires", "quota", "nodes", "params")
 _NODE_KEYS = ("name", "dataset", "columns")
 _CANONICAL_KEYS = frozenset(_TOP_KEYS) | {"v", "nonce", "analyst"}
-# kind -> (required params, optional params with defaults)
-_PARAMS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
-    "query": (("sql",), {}),
-    "sum": (("column",), {}),
-    "psi": (("key",), {"output": "cardinality"}),
-    "intersection_sum": (("key", "value"), {}),
-}
 
 
 # ---------------------------------------------------------------------------- values
@@ -196,17 +187,11 @@ class JobSpec:
         ):
             raise InvalidInput("nodes: expected a list of [[nodes]] tables")
         count = len(self.nodes)
-        wanted = {"query": "exactly 1", "psi": "exactly 2", "intersection_sum": "exactly 2"}
-        ok = {
-            "query": count == 1,
-            "psi": count == 2,
-            "intersection_sum": count == 2,
-            "sum": 2 <= count <= MAX_NODES,
-        }[self.kind]
-        if not ok:
-            expected = wanted.get(self.kind, f"between 2 and {MAX_NODES}")
+        schema = SCHEMAS[self.kind]
+        if not schema.min_nodes <= count <= schema.max_nodes:
             raise InvalidInput(
-                f"nodes: a {self.kind} job needs {expected} [[nodes]] entries, got {count}"
+                f"nodes: a {self.kind} job needs {schema.node_count()} [[nodes]] entries, "
+                f"got {count}"
             )
         names = [n.name for n in self.nodes]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -216,7 +201,8 @@ class JobSpec:
     def _checked_params(self) -> dict[str, str]:
         if not isinstance(self.params, Mapping):
             raise InvalidInput(f"params: expected a table, got {type(self.params).__name__}")
-        required, defaults = _PARAMS[self.kind]
+        schema = SCHEMAS[self.kind]
+        required, defaults = schema.required, dict(schema.defaults)
         allowed = required + tuple(defaults)
         _unknown_keys(self.params, allowed, f"params of a {self.kind} job")
         params = {**defaults, **self.params}

@@ -1,0 +1,53 @@
+"""The one object every service of a node shares: its directory, log, state and grants."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from veil.node.errors import PolicyDenied
+from veil.node.grants import Grants
+from veil.node.home import NodeHome
+from veil.node.jobs import check_analyst
+from veil.node.log import Log
+from veil.node.pki import Identity
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class NodeContext:
+    """Shared state of one running node; services read it, only grants and the log write."""
+
+    home: NodeHome
+    log: Log
+    conn: sqlite3.Connection = field(repr=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    grants: Grants = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.grants = Grants(self.conn, self.lock, self.log, self.home.config, self.home.snapshots)
+
+    @property
+    def name(self) -> str:
+        return self.home.config.name
+
+    @cached_property
+    def cert_pem(self) -> str:
+        """The node's certificate, sent with every catalog listing: read once."""
+        return self.home.identity.read_tls_cert().decode()
+
+    @cached_property
+    def log_vkey(self) -> str:
+        return self.home.signer().vkey
+
+    def deny(self, who: Identity) -> str | None:
+        """The negative list, checked by the gate on every call of an analyst."""
+        if who.role == "analyst":
+            try:
+                check_analyst(who.name, self.home.config.policy)
+            except PolicyDenied as exc:
+                return str(exc)
+        return None

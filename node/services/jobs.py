@@ -1,0 +1,55 @@
+"""JobService: submission, listing, decisions and revocation of jobs at this node."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from veil.v1 import jobs_pb2
+
+from veil.node._convert import job_to_proto
+from veil.node._rpc import Call, Rpc
+from veil.node.context import NodeContext
+from veil.node.errors import PolicyDenied
+from veil.node.jobs import SignedJob
+from veil.node.services._roles import ANALYST, ANY_ROLE, APPROVERS, OPERATOR
+
+SERVICE = "veil.v1.JobService"
+
+
+def rpcs(ctx: NodeContext) -> Mapping[str, Rpc]:
+    grants, config = ctx.grants, ctx.home.config
+
+    def submit_job(req: jobs_pb2.SignedJob, call: Call) -> jobs_pb2.Job:
+        view, _created = grants.submit(SignedJob(req.canonical, req.signature), call.identity)
+        call.job_id = view.id
+        return job_to_proto(view, config)
+
+    def list_jobs(req: jobs_pb2.ListJobsRequest, call: Call) -> jobs_pb2.ListJobsResponse:
+        analyst = req.analyst or None
+        if call.identity.role == "analyst":
+            if analyst not in (None, call.identity.name):
+                raise PolicyDenied("analysts may list only their own jobs")
+            analyst = call.identity.name
+        views = [v for v in grants.jobs(analyst) if not req.state or v.state == req.state]
+        return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(v, config) for v in views])
+
+    def get_job(req: jobs_pb2.GetJobRequest, call: Call) -> jobs_pb2.Job:
+        call.job_id = req.job_id
+        return job_to_proto(grants.view(req.job_id, call.identity), config)
+
+    def decide_job(req: jobs_pb2.SignedDecision, call: Call) -> jobs_pb2.Job:
+        view = grants.decide(req.canonical, req.signature, call.identity)
+        call.job_id = view.id
+        return job_to_proto(view, config)
+
+    def revoke_job(req: jobs_pb2.RevokeJobRequest, call: Call) -> jobs_pb2.Job:
+        call.job_id = req.job_id
+        return job_to_proto(grants.revoke(req.job_id, req.reason, call.identity), config)
+
+    return {
+        "SubmitJob": Rpc(ANALYST, submit_job),
+        "ListJobs": Rpc(ANY_ROLE, list_jobs),
+        "GetJob": Rpc(ANY_ROLE, get_job),
+        "DecideJob": Rpc(APPROVERS, decide_job),
+        "RevokeJob": Rpc(OPERATOR, revoke_job),
+    }

@@ -1,0 +1,45 @@
+"""UsageService: priced usage statements whose every line cites its log entry."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from veil.v1 import usage_pb2
+
+from veil.node._convert import meters_to_proto
+from veil.node._rpc import Call, Rpc
+from veil.node.context import NodeContext
+from veil.node.errors import InvalidInput, PolicyDenied
+from veil.node.grants import statement_total
+from veil.node.log import parse_user_time
+from veil.node.services._roles import STATEMENT_READERS
+
+SERVICE = "veil.v1.UsageService"
+
+
+def rpcs(ctx: NodeContext) -> Mapping[str, Rpc]:
+    def get_statement(req: usage_pb2.GetStatementRequest, call: Call) -> usage_pb2.Statement:
+        analyst = req.analyst or (call.identity.name if call.identity.role == "analyst" else "")
+        if not analyst:
+            raise InvalidInput("name the analyst whose statement you want")
+        if call.identity.role == "analyst" and analyst != call.identity.name:
+            raise PolicyDenied("analysts may read only their own statement")
+        start = parse_user_time(req.from_time, "from_time") if req.from_time else None
+        end = parse_user_time(req.to_time, "to_time") if req.to_time else None
+        lines = ctx.grants.statement(analyst, start, end)
+        return usage_pb2.Statement(
+            node=ctx.name,
+            analyst=analyst,
+            currency=ctx.home.config.tariff.currency,
+            lines=[
+                usage_pb2.StatementLine(
+                    log_index=line["log_index"], time=line["time"], job_id=line["job"],
+                    method=line["method"], meters=meters_to_proto(line["meters"].to_dict()),
+                    amount=str(line["amount"]),
+                )
+                for line in lines
+            ],
+            total=str(statement_total(lines)),
+        )
+
+    return {"GetStatement": Rpc(STATEMENT_READERS, get_statement)}

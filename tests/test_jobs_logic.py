@@ -744,12 +744,12 @@ def test_meters_are_exact_counts() -> None:
 
 
 def test_tariff_is_exact() -> None:
-    assert 0.1 + 0.2 != 0.3  # what floats would do to a bill
     tariff = Tariff(
         "CNY",
         {"runs": Decimal("0.1"), "items": Decimal("0.2"), "rows_scanned": Decimal("0.000001")},
     )
-    assert tariff.price(Meters(runs=1, items=1)) == Decimal("0.3")
+    price = tariff.price(Meters(runs=1, items=1))
+    assert type(price) is Decimal and price == Decimal("0.3")  # floats would give 0.30000000000000004
     assert tariff.price(Meters(rows_scanned=1_000_000)) == Decimal(1)
     many = sum((Meters(runs=1, items=1) for _ in range(1000)), Meters())
     assert tariff.price(many) == Decimal(300)

@@ -11,6 +11,7 @@ What a client actually sees (the README's table says the same):
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -85,7 +86,17 @@ def test_wrong_role_is_permission_denied(client_for) -> None:
     analyst = client_for("analyst", "alice")
     with pytest.raises(PolicyDenied, match="role 'analyst' may not call .*GetCheckpoint.*auditor"):
         analyst.checkpoint()
-    assert analyst.last_receipt is not None  # the denial was logged
+    receipt = analyst.last_receipt
+    assert receipt is not None
+    # the denial was logged: the entry at the receipt's index is this call, refused
+    auditor = client_for("auditor", "audrey")
+    [(index, data)] = list(auditor.entries(receipt.log_index, receipt.log_index + 1))
+    entry = json.loads(data)
+    assert index == receipt.log_index
+    assert entry["method"] == "/veil.v1.AuditService/GetCheckpoint"
+    assert entry["status"] == "PERMISSION_DENIED"
+    assert (entry["caller"]["role"], entry["caller"]["name"]) == ("analyst", "alice")
+    assert "may not call" in entry["message"]
 
 
 def test_no_client_certificate_fails_the_handshake(running: RunningNode, federation: Federation) -> None:
@@ -113,10 +124,11 @@ def test_expired_certificate_fails_the_handshake(running: RunningNode, federatio
 
 
 def test_revoked_certificate_is_unauthenticated(running: RunningNode, federation: Federation) -> None:
-    who = federation.identity("analyst", "mallory")
+    # its own name: revoking a suite-wide identity would break any test that runs after it
+    who = federation.identity("analyst", "revoked-rita")
     with Client(running.address, who) as c:
         c.info()  # works before revocation
-        serial = pki.revoke(federation.dir, name="mallory")
+        serial = pki.revoke(federation.dir, name="revoked-rita")
         with pytest.raises(Unauthenticated, match=f"{serial:#x}.*revoked|revoked.*{serial:#x}"):
             c.info()
 

@@ -29,7 +29,24 @@ cannot name sensitive columns). For each surviving group the analyst may see:
 Nothing else leaves: no row, no ``core`` column, no column or function on the negative list,
 no key value, no sensitive value except through those aggregates, no unmasked value of a
 masked column. Every aggregate's argument is a plain column, so every aggregate covers exactly
-the group that was checked for size. Beyond the result, an analyst learns how long the query
+the group that was checked for size.
+
+Why each allowed aggregate form covers exactly the checked group. DuckDB's AST lets an
+aggregate carry a FILTER, DISTINCT, an ORDER BY, EXPORT_STATE, named arguments, several
+arguments, and any expression as its argument. Each of these except DISTINCT is refused for
+every column: FILTER and an expression argument (``SUM(CASE WHEN ...)``) select a subset of
+the rows that nobody checked for size; ORDER BY inside an aggregate only matters to
+order-sensitive aggregates, none of which is allowed; EXPORT_STATE hands out internal state;
+named and extra arguments belong to functions outside the allowlist. What remains is
+``AGG(column)``, ``AGG(literal)`` and ``COUNT(*)``, which read every row of the group.
+DISTINCT aggregates the group's *distinct values* rather than its rows, so for a sensitive
+(or masked) column the difference between ``SUM(x)`` and ``SUM(DISTINCT x)``, or ``COUNT(*)``
+and ``COUNT(DISTINCT x)``, isolates exactly the values that occur more than once: one
+subject's repeated rows, revealed from a group of hundreds. It is refused there. It stays
+allowed where the distinct values are not protected: ``COUNT(DISTINCT key)`` counts subjects
+(the very measure of group size); over public and internal columns, which may be group keys
+and appear in the result raw, ``COUNT(DISTINCT region)`` or ``SUM(DISTINCT age)`` reveal
+nothing that grouping by that column would not; DISTINCT of a literal is the literal. Beyond the result, an analyst learns how long the query
 took and, if it fails, the kind of error: an expression over public or internal columns in
 WHERE or GROUP BY that fails on some row (a CAST, say) tells that such a row exists (DuckDB's
 message, which may quote the value, is withheld).

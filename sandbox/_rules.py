@@ -28,6 +28,9 @@ Classification rules for columns of the dataset query (levels from ``Column.leve
   FILTER clause. An expression inside an aggregate (``SUM(CASE WHEN name = 'Bob' THEN salary
   END)``) or a FILTER would aggregate over a subset of the group that nobody checked for size,
   which is exactly how one person is singled out; compute on the aggregates instead.
+- **No DISTINCT inside an aggregate of a sensitive or masked column**: ``SUM(x) -
+  SUM(DISTINCT x)`` isolates the values that occur more than once. ``COUNT(DISTINCT key)``
+  and DISTINCT over public and internal columns stay (see ``sandbox/__init__.py``).
 - No GROUPING SETS, ROLLUP or CUBE: a subtotal next to its parts reveals a suppressed part by
   subtraction within one query.
 
@@ -643,6 +646,13 @@ class CoreAnalyzer:
             )
         column = self._column(arg)
         role = self._role(column)
+        if e.get("distinct") and role in ("sensitive", "masked"):
+            raise QueryRejected(
+                f"DISTINCT inside {label} of {role} column '{column.name}'",
+                "is not allowed: it aggregates the distinct values, not the group's rows, so "
+                "its difference from the plain aggregate isolates the values that occur more "
+                "than once (one subject's rows); aggregate every row of the group",
+            )
         if role == "key":
             if name != "count":
                 raise QueryRejected(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,10 +22,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from veil.node.errors import InvalidInput, NotFound, VerificationError
+from veil.sandbox import LEVELS
 from veil.node.log import Log, canonical_json, event, now_rfc3339
 from veil.node.snapshot import import_file
 
-LEVELS = ("public", "internal", "sensitive", "core")
 DEFAULT_LEVEL = "sensitive"
 RECEIPT_DOMAIN = b"veil-receipt-v1\n"
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -64,9 +64,24 @@ class DatasetVersion:
 
 
 @dataclass(frozen=True)
+class LevelChange:
+    """A column whose level differs from the previous version's."""
+
+    column: str
+    old: str
+    new: str
+
+    @property
+    def lowers(self) -> bool:
+        return LEVELS.index(self.new) < LEVELS.index(self.old)
+
+
+@dataclass(frozen=True)
 class Registration:
     dataset: DatasetVersion
     created: bool  # False: identical content and classification was already registered
+    #: levels that differ from the previous version's, for columns it had too
+    changes: tuple[LevelChange, ...] = ()
 
 
 def parse_levels(specs: list[str]) -> dict[str, str]:
@@ -103,8 +118,16 @@ def register(
     source: Path,
     key_column: str,
     levels: Mapping[str, str],
+    declassify: Collection[str] = (),
 ) -> Registration:
-    """Import ``source`` as a new version of dataset ``name`` and sign its receipt."""
+    """Import ``source`` as a new version of dataset ``name`` and sign its receipt.
+
+    Classification never weakens silently: a column the previous version had keeps its level
+    unless ``levels`` names it, and a level lower than the previous one (out of ``core``, or
+    to any less protected level) is refused unless the column is in ``declassify``; each
+    such lowering is logged as its own ``dataset.declassified`` event, with old and new
+    levels, before the registration. New columns default to ``sensitive``.
+    """
     if not _NAME.match(name):
         raise InvalidInput(
             f"dataset name {name!r} is not usable in SQL: use lowercase letters, digits and _ "
@@ -133,10 +156,32 @@ def register(
                 f"the key column {key_column!r} cannot be 'core': Veil counts distinct subjects "
                 "with it to enforce minimum group sizes"
             )
-        columns = tuple(
-            ColumnInfo(c, t, levels.get(c, DEFAULT_LEVEL)) for c, t in snap.columns
-        )
         latest = _latest(conn, name)
+        before = latest.levels() if latest is not None else {}
+        previous = latest.version if latest is not None else 0
+        columns = tuple(
+            ColumnInfo(c, t, levels.get(c) or before.get(c) or DEFAULT_LEVEL)
+            for c, t in snap.columns
+        )
+        changes = tuple(
+            LevelChange(c.name, before[c.name], c.level)
+            for c in columns if c.name in before and before[c.name] != c.level
+        )
+        lowered = [ch for ch in changes if ch.lowers]
+        for ch in lowered:
+            if ch.column not in declassify:
+                raise InvalidInput(
+                    f"column {ch.column!r} is {ch.old} in version {previous} of {name}; "
+                    f"--level {ch.column}={ch.new} would lower it to {ch.new}. Lowering a "
+                    f"level is logged as a declassification: pass --declassify {ch.column} "
+                    "to do it on purpose"
+                )
+        stray = sorted(set(declassify) - {ch.column for ch in lowered})
+        if stray:
+            raise InvalidInput(
+                f"--declassify {stray[0]}: that column's level is not being lowered "
+                f"(give its new level with --level {stray[0]}=LEVEL)"
+            )
         if (
             latest is not None
             and latest.sha256 == snap.sha256
@@ -144,6 +189,12 @@ def register(
             and latest.key_column == key_column
         ):
             return Registration(latest, created=False)
+        if lowered:
+            log.append(event(
+                "dataset.declassified", dataset=name, version=previous + 1,
+                sha256=snap.sha256,
+                columns=[{"column": ch.column, "from": ch.old, "to": ch.new} for ch in lowered],
+            ))
         version = 1 if latest is None else latest.version + 1
         registered_at = now_rfc3339()
         body = canonical_json(
@@ -199,6 +250,7 @@ def register(
                 registered_at, body, signature, receipt.log_index,
             ),
             created=True,
+            changes=changes,
         )
     except BaseException:
         if snap.path not in existing_files and not _referenced(conn, snap.sha256):

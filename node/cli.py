@@ -186,7 +186,7 @@ def cmd_dataset_add(args: argparse.Namespace) -> int:
         reg = catalog.register(
             conn, log, home.identity, home.snapshots,
             node=home.config.name, name=args.name, source=Path(args.file),
-            key_column=args.key, levels=levels,
+            key_column=args.key, levels=levels, declassify=tuple(args.declassify),
         )
     finally:
         log.close()
@@ -200,6 +200,9 @@ def cmd_dataset_add(args: argparse.Namespace) -> int:
             f"(sha256 {ds.sha256}); nothing added"
         )
     _print_table(("column", "type", "level"), [(c.name, c.type, c.level) for c in ds.columns])
+    for ch in reg.changes:
+        what = "DECLASSIFIED" if ch.lowers else "raised"
+        print(f"  level of {ch.column}: {ch.old} -> {ch.new} ({what}, from version {ds.version - 1})")
     receipt = _receipt_json(ds, home.identity.read_tls_cert().decode())
     if args.receipt_out:
         Path(args.receipt_out).write_text(json.dumps(receipt, indent=2) + "\n")
@@ -593,7 +596,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--key", required=True, metavar="COLUMN", help="the data subject key column")
     p.add_argument("--level", action="append", default=[], metavar="COLUMN=LEVEL",
-                   help="public, internal, sensitive or core (default: sensitive)")
+                   help="public, internal, sensitive or core (default: the previous version's "
+                   "level, else sensitive)")
+    p.add_argument("--declassify", action="append", default=[], metavar="COLUMN",
+                   help="allow --level to lower COLUMN's level (logged as a declassification)")
     p.add_argument("--receipt-out", metavar="FILE", help="write the signed receipt here")
     p = command(ds_, "list", cmd_dataset_list, "show a node's catalog (no values)")
     _add_client_options(p)

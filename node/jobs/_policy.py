@@ -19,9 +19,8 @@ from veil.node.errors import ApprovalRequired, InvalidInput, PolicyDenied
 from veil.node.jobs._approval import Decision, check_role
 from veil.node.jobs._spec import KINDS, JobSpec, NodePart
 from veil.node.jobs._tariff import METER_NAMES, QUOTA_METERS, TOTAL_QUANTUM, Quota, Tariff
+from veil.sandbox import LEVELS  # the one list of levels, least to most protected
 
-#: classification levels, least to most protected
-LEVELS: tuple[str, ...] = ("public", "internal", "sensitive", "core")
 #: the role every job's approval needs at every node
 OPERATOR = "operator"
 #: mask kinds the sandbox applies to ``masked_columns``

@@ -372,6 +372,15 @@ def _show_job(job: Any, address: str) -> None:
     print(f"job {job.id} at {address}: {job.state}")
     print(f"  analyst {job.analyst}, kind {job.kind}, expires {job.expires}")
     print(f"  purpose: {job.purpose}")
+    for part in job.parts:
+        print(f"  node {part['name']}: dataset {part['dataset']}, columns "
+              f"{', '.join(part['columns'])}")
+    for name, value in sorted(job.params.items()):
+        if name == "sql":
+            print("  sql (exactly as signed and as it will run):")
+            print("\n".join("    " + line for line in value.splitlines()))
+        else:
+            print(f"  {name}: {value}")
     approvals = ", ".join(f"{a['role']} {a['approver']} {a['decision']}d" for a in job.approvals)
     print(f"  approvals: {approvals or 'none'}; missing: {', '.join(job.missing_roles) or 'none'}")
     if job.revoked_reason:
@@ -403,8 +412,11 @@ def cmd_job_approve(args: argparse.Namespace) -> int:
     quota = {k: v for k, v in (("runs", args.runs), ("rows_scanned", args.rows_scanned),
                                ("items", args.items)) if v is not None}
     with _client(args) as client:
+        # what is approved is shown first, from the signed bytes: the decision binds its id
+        _show_job(client.job(args.job_id), args.node)
         job = client.approve(args.job_id, quota=quota or None, reason=args.reason or "")
-    _show_job(job, args.node)
+    print(f"your approval of job {job.id} is recorded; the job is {job.state}"
+          f" (missing: {', '.join(job.missing_roles) or 'none'})")
     return 0
 
 

@@ -41,7 +41,13 @@ from veil.node import pki
 from veil.node._convert import dataset_version_from_proto, meters_from_proto, query_result_from_proto
 from veil.node._rpc import TRAILER_CHECKPOINT, TRAILER_INDEX
 from veil.node.catalog import DatasetVersion
-from veil.node.errors import InvalidInput, Unauthenticated, VeilError, remote_error
+from veil.node.errors import (
+    InvalidInput,
+    Unauthenticated,
+    VeilError,
+    VerificationError,
+    remote_error,
+)
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -88,9 +94,21 @@ class JobInfo:
     expires: str
     revoked_reason: str
     estimate: dict[str, Any]
+    #: what the analyst signed, decoded from the job's canonical bytes (not from unsigned
+    #: fields): the exact normalized SQL or protocol parameters, and every node's part
+    params: dict[str, str]
+    parts: tuple[dict[str, Any], ...]
+    canonical: bytes
 
     @classmethod
     def from_proto(cls, j: Any) -> JobInfo:
+        from veil.node.jobs import SignedJob, job_id, spec_from_canonical
+
+        spec = spec_from_canonical(bytes(j.canonical))
+        if job_id(SignedJob(bytes(j.canonical), b"")) != j.job_id:
+            raise VerificationError(
+                f"job {j.job_id}: the node returned signed bytes of another job"
+            )
         return cls(
             j.job_id, j.analyst, j.kind, j.purpose, j.state, tuple(j.required_roles),
             tuple(j.missing_roles),
@@ -99,6 +117,10 @@ class JobInfo:
             {"runs": j.quota.runs, "rows_scanned": j.quota.rows_scanned, "items": j.quota.items},
             meters_from_proto(j.used), j.expires, j.revoked_reason,
             json.loads(j.estimate_json) if j.estimate_json else {},
+            dict(spec.params),
+            tuple({"name": p.name, "dataset": p.dataset, "columns": list(p.columns)}
+                  for p in spec.nodes),
+            bytes(j.canonical),
         )
 
 

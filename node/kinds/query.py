@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from veil.node import queries
+from veil import sandbox
+from veil.node import catalog, queries
 from veil.node._convert import query_result_to_proto
 from veil.node._rpc import Call, Outcome
 from veil.node.catalog import DatasetVersion
@@ -15,7 +16,8 @@ from veil.node.config import NodeConfig
 from veil.node.context import NodeContext
 from veil.node.grants import Grant
 from veil.node.home import NodeHome
-from veil.node.jobs import JobSpec
+from veil.node.errors import InvalidInput, VeilError
+from veil.node.jobs import JobSpec, spec_from_canonical
 from veil.node.kinds import Replayed
 
 
@@ -44,8 +46,39 @@ class QueryKind:
 
     def replay(self, conn: sqlite3.Connection, home: NodeHome, index: int,
                record: Mapping[str, Any]) -> Replayed:
-        r = queries._replay_one(conn, home, index, dict(record), queries.limits(home.config))
-        return Replayed(r.index, r.job, r.logged, r.replayed)
+        return _replay_one(conn, home, index, record, queries.limits(home.config))
+
+
+def _replay_one(conn: sqlite3.Connection, home: NodeHome, index: int,
+                record: Mapping[str, Any], lim: sandbox.Limits) -> Replayed:
+    job = record["job"]
+    row = conn.execute("SELECT canonical FROM jobs WHERE id = ?", (job,)).fetchone()
+    if row is None:
+        raise InvalidInput(f"entry {index}: job {job} is not in the node's state")
+    spec = spec_from_canonical(bytes(row[0]))
+    [dataset] = record["datasets"]
+    name, _, sha = dataset.partition("@")
+    ds = catalog.version(conn, name, sha)
+    settings = record["details"]["query"]
+    columns = tuple(sandbox.Column(c.name, c.type, c.level) for c in ds.columns
+                    if c.name in set(settings["columns"]))
+    q = queries.QueryInputs(
+        sql=spec.params["sql"],
+        table=sandbox.Table(ds.name, str(ds.snapshot_path(home.snapshots).resolve()), columns,
+                            ds.key_column),
+        policy=sandbox.Policy(
+            min_group_size=settings["min_group_size"],
+            allow_min_max=settings["allow_min_max"],
+            masked_columns=settings["masked_columns"],
+            denied_columns=frozenset(settings["denied_columns"]),
+            denied_functions=frozenset(settings["denied_functions"]),
+        ),
+    )
+    try:
+        digest = queries.run(q, lim).digest
+    except VeilError as exc:
+        digest = f"error: {exc}"
+    return Replayed(index, job, record.get("result_sha256", ""), digest)
 
 
 QUERY = QueryKind()

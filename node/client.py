@@ -37,13 +37,11 @@ from veil.v1 import (
     usage_pb2_grpc,
 )
 
-from veil.node import pki
+from veil.node import federation, pki
 from veil.node._convert import dataset_version_from_proto, meters_from_proto, query_result_from_proto
 from veil.node._rpc import TRAILER_CHECKPOINT, TRAILER_INDEX
 from veil.node.catalog import DatasetVersion
 from veil.node.errors import (
-    InvalidInput,
-    Unauthenticated,
     VeilError,
     VerificationError,
     remote_error,
@@ -167,8 +165,6 @@ class Client:
         *,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        if ":" not in address:
-            raise InvalidInput(f"node address must be HOST:PORT, got {address!r}")
         self.address = address
         self.identity = (
             identity
@@ -176,26 +172,7 @@ class Client:
             else pki.load_identity(Path(identity).expanduser())
         )
         self.timeout = timeout
-        expires = self.identity.identity.not_after
-        if expires <= datetime.now(UTC):
-            # the node would only drop the handshake; say why here instead
-            raise Unauthenticated(
-                f"your certificate ({self.identity.directory}) expired on "
-                f"{expires:%Y-%m-%d %H:%M} UTC; ask the federation operator for a new one"
-            )
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=self.identity.read_ca_cert(),
-            private_key=self.identity.read_tls_key(),
-            certificate_chain=self.identity.read_tls_cert(),
-        )
-        self._channel = grpc.secure_channel(
-            address,
-            credentials,
-            options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ],
-        )
+        self._channel = federation.channel(address, self.identity)
         self._node = node_pb2_grpc.NodeServiceStub(self._channel)
         self._catalog = catalog_pb2_grpc.CatalogServiceStub(self._channel)
         self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)

@@ -129,3 +129,34 @@ def test_node_denied_functions_reach_the_sandbox(node_home, federation: Federati
         for c in who.values():
             c.close()
         node.stop(grace=1)
+
+
+def test_node_masks_reach_the_sandbox(node_home, federation: Federation) -> None:
+    # a masked phone may be grouped by (its masked form); an unmasked one is refused
+    sql = "SELECT phone, COUNT(*) AS n FROM customers GROUP BY phone"
+    node, who = _node_with(node_home, federation, "masked_columns = {}",
+                           'masked_columns = { "customers.phone" = "phone" }')
+    try:
+        result = _run(who, sql, '"phone"')
+        shown = [str(v) for v in result.arrays["phone"].tolist()]
+        assert all(not v.startswith("138000") for v in shown)  # never a whole number
+    finally:
+        for c in who.values():
+            c.close()
+        node.stop(grace=1)
+
+
+def test_node_denied_columns_reach_the_sandbox(node_home, federation: Federation) -> None:
+    # the key column is always visible to the sandbox (for COUNT(DISTINCT)), whatever the
+    # job's columns: only the sandbox's negative list can keep it out
+    node, who = _node_with(node_home, federation, "deny_columns = []",
+                           'deny_columns = ["customers.customer_id"]')
+    try:
+        with pytest.raises(VeilError, match="customer_id"):
+            who["alice"].submit_job(job_toml(
+                "SELECT region, COUNT(DISTINCT customer_id) AS n FROM customers GROUP BY region",
+                columns='"region"'))
+    finally:
+        for c in who.values():
+            c.close()
+        node.stop(grace=1)

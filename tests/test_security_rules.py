@@ -31,11 +31,17 @@ from tests.test_sandbox_engine import table as table  # noqa: F401  (a fixture, 
 @pytest.mark.parametrize(
     ("sql", "message"),
     [
-        # HAVING is checked like every other clause: no core column, no denied column
-        ("SELECT region, count(*) AS n FROM customers GROUP BY region HAVING max(ssn) > 'a'",
-         "ssn"),
+        # HAVING is checked like every other clause (each of these binds and would run)
+        ("SELECT region, count(*) AS n FROM customers GROUP BY region HAVING max(salary) > 0",
+         "MAX on sensitive column 'salary' is not allowed by the policy"),
         ("SELECT region, count(*) AS n FROM customers GROUP BY region "
-         "HAVING count(DISTINCT note) > 0", "note"),
+         "HAVING sum(amount) FILTER (WHERE age > 30) > 0", "FILTER clause on SUM"),
+        ("SELECT region, count(*) AS n FROM customers GROUP BY region "
+         "HAVING sum(customer_id) > 0", "key column 'customer_id' may only be counted"),
+        ("SELECT region, count(*) AS n FROM customers GROUP BY region "
+         "HAVING sum(amount * 2) > 0", "argument of SUM must be a plain column"),
+        ("SELECT region, count(*) AS n FROM customers GROUP BY region "
+         "HAVING median(salary) > 0", "sensitive column 'salary' may only be the argument"),
         # grouping by a sensitive column singles people out, selected or not
         ("SELECT region, count(*) AS n FROM customers GROUP BY region, salary", "salary"),
         ("SELECT count(*) AS n FROM customers GROUP BY salary", "salary"),

@@ -45,16 +45,25 @@ def test_get_dataset_with_huge_name_does_not_bloat_the_log(
     client_for: ClientFor, running: RunningNode
 ) -> None:
     analyst = client_for("analyst", "alice")
+    auditor = client_for("auditor", "audrey")
+    # under the method's size limit: the name's shape is refused, echoed as prefix + digest
     with pytest.raises(InvalidInput, match="dataset name") as info:
-        analyst.call(analyst._catalog.GetDataset, catalog_pb2.GetDatasetRequest(name="x" * 2 * MIB))
+        analyst.call(analyst._catalog.GetDataset, catalog_pb2.GetDatasetRequest(name="x" * 60_000))
     assert len(str(info.value)) < 1024
+    assert "60000 characters, sha256 " in str(info.value)
     receipt = analyst.last_receipt
     assert receipt is not None, "the refusal carried no receipt"
-    auditor = client_for("auditor", "audrey")
     data, entry = entry_at(auditor, receipt.log_index)
     assert entry["status"] == "INVALID_ARGUMENT"
     assert entry["method"] == "/veil.v1.CatalogService/GetDataset"
-    assert len(data) <= bounds.MAX_ENTRY_BYTES
+    assert len(data) < 4096, f"entry is {len(data)} bytes"
+    # over it: refused by size before parsing, logged the same way
+    with pytest.raises(ResourceLimit, match="limit for this method is 65536 bytes"):
+        analyst.call(analyst._catalog.GetDataset, catalog_pb2.GetDatasetRequest(name="x" * 2 * MIB))
+    receipt = analyst.last_receipt
+    assert receipt is not None, "the refusal carried no receipt"
+    data, entry = entry_at(auditor, receipt.log_index)
+    assert (entry["status"], entry["caller"]["name"]) == ("RESOURCE_EXHAUSTED", "alice")
     assert len(data) < 4096, f"entry is {len(data)} bytes"
 
 
@@ -62,17 +71,20 @@ def test_run_query_with_huge_job_id_gets_a_receipt_and_a_small_entry(
     client_for: ClientFor, running: RunningNode
 ) -> None:
     analyst = client_for("analyst", "alice")
-    with pytest.raises(InvalidInput, match="job id") as info:
-        analyst.call(analyst._query.RunQuery, query_pb2.RunQueryRequest(job_id="f" * MIB))
-    assert "32 lowercase hex" in str(info.value)
-    assert len(str(info.value)) < 1024
-    receipt = analyst.last_receipt
-    assert receipt is not None, "the error trailer was lost: no receipt"
     auditor = client_for("auditor", "audrey")
-    data, entry = entry_at(auditor, receipt.log_index)
-    assert entry["status"] == "INVALID_ARGUMENT"
-    assert len(data) < 4096
-    assert "job" not in entry or len(entry["job"]) <= 32
+    for job_id, refusal, status in [("f" * 60_000, InvalidInput, "INVALID_ARGUMENT"),
+                                    ("f" * MIB, ResourceLimit, "RESOURCE_EXHAUSTED")]:
+        with pytest.raises(refusal) as info:
+            analyst.call(analyst._query.RunQuery, query_pb2.RunQueryRequest(job_id=job_id))
+        assert len(str(info.value)) < 1024
+        receipt = analyst.last_receipt
+        assert receipt is not None, "the error trailer was lost: no receipt"
+        data, entry = entry_at(auditor, receipt.log_index)
+        assert entry["status"] == status
+        assert len(data) < 4096
+        assert "job" not in entry
+    with pytest.raises(InvalidInput, match="job id must be 32 lowercase hex digits"):
+        analyst.call(analyst._query.RunQuery, query_pb2.RunQueryRequest(job_id="f" * 60_000))
 
 
 @pytest.mark.parametrize(
@@ -125,10 +137,12 @@ def test_the_log_stays_readable_and_verifiable_after_huge_requests(
 ) -> None:
     analyst = client_for("analyst", "alice")
     for _ in range(3):
-        with pytest.raises(InvalidInput):
+        with pytest.raises(ResourceLimit):
             analyst.call(analyst._catalog.GetDataset, catalog_pb2.GetDatasetRequest(name="n" * 3 * MIB))
-        with pytest.raises(InvalidInput):
+        with pytest.raises(ResourceLimit):
             analyst.call(analyst._query.RunQuery, query_pb2.RunQueryRequest(job_id="0" * 3 * MIB))
+        with pytest.raises(InvalidInput):
+            analyst.call(analyst._catalog.GetDataset, catalog_pb2.GetDatasetRequest(name="n" * 60_000))
     auditor = client_for("auditor", "audrey")
     entries = whole_log(auditor)
     assert max(len(d) for _, d in entries) <= bounds.MAX_ENTRY_BYTES

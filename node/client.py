@@ -37,7 +37,7 @@ from veil.v1 import (
     usage_pb2_grpc,
 )
 
-from veil.node import pki
+from veil.node import bounds, pki
 from veil.node._convert import dataset_version_from_proto, meters_from_proto, query_result_from_proto
 from veil.node._rpc import TRAILER_CHECKPOINT, TRAILER_INDEX
 from veil.node.catalog import DatasetVersion
@@ -170,8 +170,8 @@ class Client:
             address,
             credentials,
             options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.max_receive_message_length", bounds.GRPC_MAX_RECEIVE),
+                ("grpc.max_send_message_length", bounds.GRPC_MAX_RECEIVE),
             ],
         )
         self._node = node_pb2_grpc.NodeServiceStub(self._channel)

@@ -117,10 +117,12 @@ FIELDS: dict[str, dict[str, Shape]] = {
     "veil.v1.RevokeJobRequest": {"job_id": JOB_ID},
     "veil.v1.RunQueryRequest": {"job_id": JOB_ID},
     "veil.v1.ListJobsRequest": {"analyst": ANALYST_FILTER, "state": STATE_FILTER},
+    "veil.v1.GetStatementRequest": {"analyst": ANALYST_FILTER},
 }
 #: free text a request may carry (a reason), bounded in characters
 TEXT_LIMITS: dict[str, dict[str, int]] = {
     "veil.v1.RevokeJobRequest": {"reason": 1000},
+    "veil.v1.GetStatementRequest": {"from_time": 64, "to_time": 64},
 }
 
 

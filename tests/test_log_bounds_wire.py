@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from veil.v1 import catalog_pb2, jobs_pb2, query_pb2
+from veil.v1 import catalog_pb2, jobs_pb2, query_pb2, usage_pb2
 
 from veil.node import bounds, pki
 from veil.node.client import Client
@@ -195,3 +195,25 @@ def test_revoked_certificate_calls_are_logged_with_the_presented_identity(
                   "--caller", "revoked-rex")
     assert out.returncode == 0, out.stderr
     assert "UNAUTHENTICATED" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("request_", "what"),
+    [
+        (usage_pb2.GetStatementRequest(analyst="a" * 60_000), "analyst name"),
+        (usage_pb2.GetStatementRequest(analyst="alice", from_time="9" * 60_000), "from_time"),
+    ],
+)
+def test_get_statement_with_huge_filter_is_refused_before_the_lookup_with_a_small_entry(
+    client_for: ClientFor, running: RunningNode, request_: Any, what: str
+) -> None:
+    operator = client_for("operator", "olga")
+    with pytest.raises(InvalidInput, match=what) as info:
+        operator.call(operator._usage.GetStatement, request_)
+    assert len(str(info.value)) < 400
+    receipt = operator.last_receipt
+    assert receipt is not None
+    auditor = client_for("auditor", "audrey")
+    data, entry = entry_at(auditor, receipt.log_index)
+    assert entry["status"] == "INVALID_ARGUMENT"
+    assert len(data) < 4096

@@ -32,10 +32,11 @@ import grpc
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
+from veil.node import bounds
 from veil.node.errors import PolicyDenied, Unauthenticated, VeilError
 from veil.node.grants import Grants
 from veil.node.jobs import Meters
-from veil.node.log import Effect, Log, Receipt
+from veil.node.log import Effect, EntryTooLarge, Log, Receipt
 from veil.node.pki import Identity, TrustStore
 
 log = logging.getLogger("veil.rpc")
@@ -59,6 +60,8 @@ class Call:
     effect: Effect | None = None
     #: extra, value-free facts for the entry (e.g. a revocation reason)
     details: dict[str, Any] = field(default_factory=dict)
+    #: the identity a refused certificate claims (role, name, fingerprint, revoked)
+    presented: dict[str, Any] | None = None
 
 
 #: ``(request, call)``, or ``(request, call, grant)`` for a compute method
@@ -104,7 +107,7 @@ class Method:
 
 
 def abort(context: grpc.ServicerContext, error: VeilError) -> NoReturn:
-    context.abort(getattr(grpc.StatusCode, error.status), str(error))
+    context.abort(getattr(grpc.StatusCode, error.status), bounds.status_message(str(error)))
     raise AssertionError("unreachable")  # context.abort raises
 
 
@@ -130,7 +133,11 @@ class Gate:
             self.trust.reload()  # a stat per call; re-reads the CRL when it changed
         except VeilError as exc:
             log.warning("keeping the CRL in force: %s", exc)
-        return self.trust.identify(pems[0])
+        try:
+            return self.trust.identify(pems[0])
+        except Unauthenticated as exc:
+            exc.presented = bounds.presented(pems[0], self.trust.revoked_serials)  # type: ignore[attr-defined]
+            raise
 
     def service(self, service_name: str, rpcs: Mapping[str, Rpc]) -> grpc.GenericRpcHandler:
         """The handler of one service: every method its descriptor declares, each supplied by
@@ -151,7 +158,11 @@ class Gate:
     def _admit(self, call: Call, m: Method, raw: bytes, context: grpc.ServicerContext) -> Any:
         """Identify and authorize the caller (recorded on ``call``), then parse."""
         full = call.method
-        call.identity = self.authenticate(context)
+        try:
+            call.identity = self.authenticate(context)
+        except Unauthenticated as exc:
+            call.presented = getattr(exc, "presented", None)
+            raise
         roles = m.rpc.roles
         if call.identity.role not in roles:
             raise PolicyDenied(
@@ -161,10 +172,12 @@ class Gate:
         reason = self.deny(call.identity)
         if reason:
             raise PolicyDenied(reason)
+        bounds.check_size(full, raw)
         try:
             request = m.request.FromString(raw)
         except DecodeError as exc:
             raise _malformed(m, exc) from None
+        bounds.check_request(request)
         return request
 
     def _invoke(self, full: str, m: Method, raw: bytes, context: grpc.ServicerContext) -> Any:
@@ -237,6 +250,8 @@ class Gate:
             return self.log.append(
                 call_record(call, error), effect=call.effect if error is None else None
             ), error
+        except EntryTooLarge as exc:  # the log kept a refusal in its place; release nothing
+            return exc.receipt, exc
         except VeilError as exc:
             call.result_sha256 = None
             return self.log.append(call_record(call, exc)), exc
@@ -290,7 +305,7 @@ def call_record(call: Call, error: VeilError | None) -> dict[str, Any]:
     record: dict[str, Any] = {
         "kind": "call",
         "method": call.method,
-        "caller": None
+        "caller": call.presented
         if ident is _NOBODY
         else {"role": ident.role, "name": ident.name, "fingerprint": ident.fingerprint},
         "request_sha256": call.request_sha256,
@@ -308,7 +323,7 @@ def call_record(call: Call, error: VeilError | None) -> dict[str, Any]:
         record["result_sha256"] = call.result_sha256
     if call.details:
         record["details"] = call.details
-    return record
+    return bounds.bound_record(record)
 
 
 def _trailers(context: grpc.ServicerContext, receipt: Receipt) -> None:

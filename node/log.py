@@ -14,6 +14,7 @@ queued and commits it as one transaction with one checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import sqlite3
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from veil.node import state
+from veil.node.bounds import MAX_ENTRY_BYTES, echo
 from veil.node.audit import (
     Checkpoint,
     Frontier,
@@ -35,7 +37,7 @@ from veil.node.audit import (
     leaf_hash,
     sign_checkpoint,
 )
-from veil.node.errors import InvalidInput, VeilError
+from veil.node.errors import InvalidInput, ResourceLimit, VeilError
 
 ENTRY_VERSION = 1
 MAX_BATCH = 512
@@ -95,6 +97,40 @@ class Receipt:
     log_index: int
     checkpoint: str  # signed note
     tree_size: int
+
+
+class EntryTooLarge(ResourceLimit):
+    """A record was over :data:`MAX_ENTRY_BYTES`; a bounded refusal entry took its place.
+
+    Its effect did not run; ``receipt`` is where the refusal entry landed.
+    """
+
+    def __init__(self, size: int, receipt: Receipt) -> None:
+        self.receipt = receipt
+        super().__init__(
+            f"log entry of {size} bytes is over the limit of {MAX_ENTRY_BYTES} bytes; "
+            f"a refusal entry was logged in its place at index {receipt.log_index}"
+        )
+
+
+def _bounded(entry: bytes, record: Mapping[str, Any], t: str) -> bytes | None:
+    """``None`` if ``entry`` is within bounds, else the refusal entry to store instead:
+    what kind of record it was, its size and digest, never its content."""
+    if len(entry) <= MAX_ENTRY_BYTES:
+        return None
+    refusal: dict[str, Any] = {
+        "v": ENTRY_VERSION,
+        "t": t,
+        "kind": "refused",
+        "reason": f"entry over {MAX_ENTRY_BYTES} bytes",
+        "entry_bytes": len(entry),
+        "entry_sha256": hashlib.sha256(entry).hexdigest(),
+    }
+    for key in ("kind", "method", "event", "status"):
+        value = record.get(key)
+        if isinstance(value, str):
+            refusal[f"refused_{key}"] = value if len(value) <= 128 else echo(value)
+    return canonical_json(refusal)
 
 
 @dataclass
@@ -190,17 +226,31 @@ class Log:
     def _commit(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
         done: list[tuple[_Pending, int]] = []
         failed: list[tuple[_Pending, BaseException]] = []
+        oversize: list[tuple[_Pending, int, int]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             frontier = self._frontier(conn)
             for item in batch:
                 index = frontier.size
-                entry = canonical_json({"v": ENTRY_VERSION, "t": now_rfc3339(), **item.record})
+                t = now_rfc3339()
+                try:
+                    entry = canonical_json({"v": ENTRY_VERSION, "t": t, **item.record})
+                except (TypeError, ValueError) as exc:  # not JSON: the caller's bug
+                    failed.append((item, exc))
+                    continue
+                refusal = _bounded(entry, item.record, t)
                 conn.execute("SAVEPOINT entry")
                 try:
-                    conn.execute("INSERT INTO log_entries(idx, entry) VALUES (?, ?)", (index, entry))
-                    if item.effect is not None:
-                        item.effect(conn, index)
+                    if refusal is not None:  # stored in its place; its effect does not run
+                        conn.execute("INSERT INTO log_entries(idx, entry) VALUES (?, ?)",
+                                     (index, refusal))
+                        oversize.append((item, index, len(entry)))
+                        entry = refusal
+                    else:
+                        conn.execute("INSERT INTO log_entries(idx, entry) VALUES (?, ?)",
+                                     (index, entry))
+                        if item.effect is not None:
+                            item.effect(conn, index)
                 except BaseException as exc:  # the effect's own error goes to its caller
                     conn.execute("ROLLBACK TO entry")
                     conn.execute("RELEASE entry")
@@ -211,9 +261,10 @@ class Log:
                     "INSERT INTO merkle_nodes(level, idx, hash) VALUES (?, ?, ?)",
                     frontier.append(leaf_hash(entry)),
                 )
-                done.append((item, index))
+                if refusal is None:
+                    done.append((item, index))
             note = ""
-            if done:
+            if done or oversize:
                 conn.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('frontier', ?)",
                     (frontier.to_bytes(),),
@@ -236,6 +287,8 @@ class Log:
             item.future.set_exception(error)
         for item, index in done:
             item.future.set_result(Receipt(index, note, frontier.size))
+        for item, index, size in oversize:
+            item.future.set_exception(EntryTooLarge(size, Receipt(index, note, frontier.size)))
 
     @staticmethod
     def _frontier(conn: sqlite3.Connection) -> Frontier:

@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from veil.node import bounds
 from veil.node._rpc import Gate
 from veil.node.context import VERSION, NodeContext
 from veil.node.errors import ConfigError
@@ -33,7 +34,6 @@ from veil.node.services import tables
 
 log = logging.getLogger("veil.server")
 
-MAX_MESSAGE = 64 * 1024 * 1024
 
 
 @dataclass
@@ -67,8 +67,9 @@ def start(node_dir: Path, listen: str | None = None, *, workers: int = 32) -> Ru
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veil-rpc"),
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
+            # above every per-method limit, so an oversize request reaches the gate
+            ("grpc.max_receive_message_length", bounds.GRPC_MAX_RECEIVE),
+            ("grpc.max_send_message_length", bounds.GRPC_MAX_RECEIVE),
             ("grpc.so_reuseport", 0),
         ],
     )

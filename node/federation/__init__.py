@@ -13,11 +13,9 @@ from datetime import UTC, datetime
 
 import grpc
 
-from veil.node import pki
+from veil.node import bounds, pki
 from veil.node.errors import InvalidInput, PolicyDenied, Unauthenticated
 
-#: what a channel accepts and sends; the server's gRPC limit is set above its own checks
-MAX_MESSAGE = 64 * 1024 * 1024
 
 
 def channel(address: str, identity: pki.LocalIdentity) -> grpc.Channel:
@@ -40,8 +38,8 @@ def channel(address: str, identity: pki.LocalIdentity) -> grpc.Channel:
         address,
         credentials,
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.max_receive_message_length", bounds.GRPC_MAX_RECEIVE),
+            ("grpc.max_send_message_length", bounds.GRPC_MAX_RECEIVE),
         ],
     )
 

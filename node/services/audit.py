@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 
 from veil.v1 import audit_pb2
 
+from veil.node import bounds
 from veil.node._rpc import Call, Rpc
 from veil.node.context import NodeContext
 from veil.node.errors import InvalidInput
@@ -13,7 +14,7 @@ from veil.node.log import Log
 from veil.node.services._roles import AUDITOR
 
 SERVICE = "veil.v1.AuditService"
-ENTRY_BATCH_BYTES = 256 * 1024
+ENTRY_BATCH_BYTES = bounds.ENTRY_BATCH_BYTES
 
 
 def rpcs(ctx: NodeContext) -> Mapping[str, Rpc]:

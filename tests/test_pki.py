@@ -577,3 +577,66 @@ def test_grpc_tls_client_certificates(
                 store.identify(auth["x509_pem_cert"][0])
     else:
         assert "x509_pem_cert" not in auth
+
+
+# --------------------------------------------------------------------------- interop: OID arcs
+
+
+def _der_oids(der: bytes) -> list[tuple[int, ...]]:
+    """Every OBJECT IDENTIFIER in ``der``, also inside OCTET/BIT STRINGs that hold DER."""
+    out: list[tuple[int, ...]] = []
+
+    def walk(buf: bytes) -> bool:
+        i, found = 0, []
+        while i < len(buf):
+            if i + 2 > len(buf):
+                return False
+            tag, n = buf[i], buf[i + 1]
+            i += 2
+            if n & 0x80:
+                k = n & 0x7F
+                if k == 0 or k > 4 or i + k > len(buf):
+                    return False
+                n = int.from_bytes(buf[i : i + k], "big")
+                i += k
+            if i + n > len(buf):
+                return False
+            found.append((tag, buf[i : i + n]))
+            i += n
+        for tag, body in found:
+            if tag == 0x06:
+                arcs, v = [], 0
+                for b in body:
+                    v = (v << 7) | (b & 0x7F)
+                    if not b & 0x80:
+                        arcs.append(v)
+                        v = 0
+                first = min(arcs[0] // 40, 2)
+                out.append((first, arcs[0] - 40 * first, *arcs[1:]))
+            elif tag & 0x20:
+                walk(body)
+            elif tag == 0x04:
+                walk(body)
+            elif tag == 0x03 and body:
+                walk(body[1:])
+        return True
+
+    walk(der)
+    return out
+
+
+@pytest.mark.parametrize("role", pki.ROLES)
+def test_every_oid_arc_in_every_issued_certificate_fits_in_31_bits(
+    fed: pki.Federation, tmp_path: Path, role: str
+) -> None:
+    # Go's crypto/x509 (and other TLS stacks) refuse a certificate with an OID arc >= 2**31.
+    issued = pki.issue(fed.directory, role, f"{role}-arcs", tmp_path / "id", hosts=(
+        ("node.example", "127.0.0.1") if role == "node" else ()))
+    for path in (fed.ca_cert, issued.tls_cert):
+        der = x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(
+            serialization.Encoding.DER
+        )
+        oids = _der_oids(der)
+        assert (2, 5, 29, 19) in oids  # the walker sees the extensions (basicConstraints)
+        wide = [o for o in oids if any(a >= 2**31 for a in o)]
+        assert not wide, f"{path.name}: OIDs with arcs over 31 bits: {wide}"

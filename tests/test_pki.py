@@ -640,3 +640,50 @@ def test_every_oid_arc_in_every_issued_certificate_fits_in_31_bits(
         assert (2, 5, 29, 19) in oids  # the walker sees the extensions (basicConstraints)
         wide = [o for o in oids if any(a >= 2**31 for a in o)]
         assert not wide, f"{path.name}: OIDs with arcs over 31 bits: {wide}"
+
+
+def _reissue_with_legacy_oid(fed: pki.Federation, cert_path: Path) -> x509.Certificate:
+    """The certificate at ``cert_path`` as an earlier release wrote it: same key, legacy OID."""
+    ca, ca_key = _ca(fed)
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(ca.subject)
+        .public_key(cert.public_key())  # type: ignore[arg-type]
+        .serial_number(cert.serial_number)
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+    )
+    for e in cert.extensions:
+        if e.oid == pki.SIGNING_KEY_OID:
+            e = x509.Extension(
+                pki.LEGACY_SIGNING_KEY_OID,
+                e.critical,
+                x509.UnrecognizedExtension(pki.LEGACY_SIGNING_KEY_OID, e.value.value),  # type: ignore[attr-defined]
+            )
+        b = b.add_extension(e.value, e.critical)
+    legacy = b.sign(ca_key, hashes.SHA256())
+    cert_path.write_bytes(legacy.public_bytes(serialization.Encoding.PEM))
+    return legacy
+
+
+def test_certificate_with_legacy_signing_key_oid_still_verifies_and_is_listed_for_reissue(
+    tmp_path: Path,
+) -> None:
+    fed = pki.init_federation(tmp_path / "fed", "acme")
+    issued = pki.issue(fed.directory, "analyst", "old-analyst", tmp_path / "id")
+    pki.issue(fed.directory, "node", "new-node", tmp_path / "node")
+    assert pki.legacy_certificates(fed.directory) == []
+    legacy = _reissue_with_legacy_oid(fed, issued.tls_cert)
+    _reissue_with_legacy_oid(fed, fed.directory / "issued" / f"{issued.serial:x}.crt")
+    assert legacy.extensions.get_extension_for_oid(pki.LEGACY_SIGNING_KEY_OID)
+
+    store = pki.TrustStore.load(fed.ca_cert)
+    ident = store.identify(issued.tls_cert.read_bytes())
+    local = pki.load_identity(tmp_path / "id")
+    ident.verify(local.sign(b"job 1"), b"job 1")
+    assert [c.serial_number for c in pki.legacy_certificates(fed.directory)] == [issued.serial]
+
+    pki.revoke(fed.directory, name="old-analyst")
+    assert pki.legacy_certificates(fed.directory) == []

@@ -630,8 +630,13 @@ def test_every_oid_arc_in_every_issued_certificate_fits_in_31_bits(
     fed: pki.Federation, tmp_path: Path, role: str
 ) -> None:
     # Go's crypto/x509 (and other TLS stacks) refuse a certificate with an OID arc >= 2**31.
-    issued = pki.issue(fed.directory, role, f"{role}-arcs", tmp_path / "id", hosts=(
-        ("node.example", "127.0.0.1") if role == "node" else ()))
+    issued = pki.issue(
+        fed.directory,
+        role,
+        f"{role}-arcs",
+        tmp_path / "id",
+        hosts=(("node.example", "127.0.0.1") if role == "node" else ()),
+    )
     for path in (fed.ca_cert, issued.tls_cert):
         der = x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(
             serialization.Encoding.DER
@@ -687,3 +692,19 @@ def test_certificate_with_legacy_signing_key_oid_still_verifies_and_is_listed_fo
 
     pki.revoke(fed.directory, name="old-analyst")
     assert pki.legacy_certificates(fed.directory) == []
+
+
+def test_pki_check_names_legacy_certificates_and_the_command_that_reissues(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from veil.node import cli
+
+    fed = pki.init_federation(tmp_path / "fed", "acme")
+    issued = pki.issue(fed.directory, "node", "old-node", tmp_path / "id")
+    assert cli.main(["pki", "check", str(fed.directory)]) == 0
+    assert "every valid certificate" in capsys.readouterr().out
+    _reissue_with_legacy_oid(fed, fed.directory / "issued" / f"{issued.serial:x}.crt")
+    assert cli.main(["pki", "check", str(fed.directory)]) == 1
+    out = capsys.readouterr().out
+    assert f"serial {issued.serial:#x}" in out and "CN=old-node" in out
+    assert pki.LEGACY_SIGNING_KEY_OID.dotted_string in out and "veil pki issue" in out

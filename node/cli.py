@@ -83,6 +83,23 @@ def cmd_pki_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pki_check(args: argparse.Namespace) -> int:
+    from veil.node import pki
+
+    legacy = pki.legacy_certificates(Path(args.dir))
+    if not legacy:
+        print(f"{args.dir}: every valid certificate uses OIDs that Go and other TLS stacks parse")
+        return 0
+    print(f"{args.dir}: {len(legacy)} certificate(s) carry the legacy signing-key OID "
+          f"{pki.LEGACY_SIGNING_KEY_OID.dotted_string}, which Go's crypto/x509 refuses:")
+    for c in legacy:
+        subject = c.subject.rfc4514_string()
+        print(f"  serial {c.serial_number:#x}  {subject}")
+    print("veil nodes still accept them; reissue each with `veil pki issue DIR --role R --name N "
+          "--out NEWDIR`, install it, then `veil pki revoke DIR --name N`.")
+    return 1
+
+
 # -- node --------------------------------------------------------------------------
 
 
@@ -583,6 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--role")
     p.add_argument("--reason", default="unspecified")
+    p = command(pki_, "check", cmd_pki_check, "list certificates other TLS stacks cannot parse")
+    p.add_argument("dir", metavar="DIR", help="the federation directory")
 
     node_ = group("node", "run a node: init, serve")
     p = command(node_, "init", cmd_node_init, "create a node directory")

@@ -20,11 +20,23 @@ Every identity (a node, an analyst, an auditor, an approver ...) gets a director
 The Ed25519 *public* key is bound into the TLS certificate, so a peer can verify a signature
 by an identity from its certificate alone. It sits in a non-critical X.509 extension:
 
-    OID   2.25.150688744800780258384582996978312456887.1   (``SIGNING_KEY_OID``)
+    OID   1.3.6.1.4.1.999999.1.1   (``SIGNING_KEY_OID``)
     value DER OCTET STRING holding the raw 32-byte Ed25519 public key (RFC 8032)
 
-The OID lives under ``2.25`` (ITU-T X.667: an arc derived from a UUID), which needs no
-registration and cannot collide with anybody else's private arc.
+Every arc of that OID fits in 31 bits, because Go's crypto/x509 (and so every Go TLS client,
+and other stacks that parse arcs into 32-bit integers) refuses a certificate with a wider
+arc. ``999999`` under the IANA enterprise arc ``1.3.6.1.4.1`` is a *placeholder*: no
+Private Enterprise Number is registered for Veil, and IANA has assigned numbers only up to
+the tens of thousands, so it collides with no assignment today. Trade-off: unlike a UUID arc
+it is not collision-proof forever; replace it with a registered PEN before wide deployment
+(keep the old one in ``_LEGACY_SIGNING_KEY_OIDS``).
+
+Certificates issued before this change carry the key under
+``2.25.150688744800780258384582996978312456887.1`` (ITU-T X.667, a 127-bit UUID arc that no
+Go program can parse). Nodes still *read* that OID, so existing federations keep working
+among Python peers; :func:`legacy_certificates` lists them and ``veil pki check DIR`` tells
+the operator to reissue them (``veil pki issue`` with the same role and name, then revoke the
+old serial).
 
 A node checks peers with :class:`TrustStore`: signed by the CA, within validity, not on the CRL,
 a known role. Private keys stay in files; the wrappers here that hold one refuse pickling.
@@ -68,6 +80,8 @@ __all__ = [
     "APPROVER_ROLES",
     "ROLES",
     "SIGNING_KEY_OID",
+    "LEGACY_SIGNING_KEY_OID",
+    "legacy_certificates",
     "Federation",
     "Identity",
     "IssuedIdentity",
@@ -90,7 +104,10 @@ ROLES: tuple[str, ...] = (
 APPROVER_ROLES: frozenset[str] = frozenset({"approver", "operator", "subject-representative"})
 
 #: X.509 extension carrying the raw Ed25519 signing public key (see module docstring).
-SIGNING_KEY_OID = x509.ObjectIdentifier("2.25.150688744800780258384582996978312456887.1")
+SIGNING_KEY_OID = x509.ObjectIdentifier("1.3.6.1.4.1.999999.1.1")
+#: Read but never written: the UUID-arc OID of earlier releases (its arc exceeds 31 bits).
+LEGACY_SIGNING_KEY_OID = x509.ObjectIdentifier("2.25.150688744800780258384582996978312456887.1")
+_LEGACY_SIGNING_KEY_OIDS = (LEGACY_SIGNING_KEY_OID,)
 
 CA_KEY, CA_CRT, CRL_PEM, ISSUED_DIR = "ca.key", "ca.crt", "crl.pem", "issued"
 TLS_KEY, TLS_CRT, SIGN_KEY = "tls.key", "tls.crt", "sign.key"
@@ -297,9 +314,13 @@ def _signing_key_extension(public: ed25519.Ed25519PublicKey) -> x509.Unrecognize
 
 
 def _signing_key_from(cert: x509.Certificate) -> ed25519.Ed25519PublicKey | None:
-    try:
-        ext = cert.extensions.get_extension_for_oid(SIGNING_KEY_OID).value
-    except x509.ExtensionNotFound:
+    for oid in (SIGNING_KEY_OID, *_LEGACY_SIGNING_KEY_OIDS):
+        try:
+            ext = cert.extensions.get_extension_for_oid(oid).value
+            break
+        except x509.ExtensionNotFound:
+            continue
+    else:
         return None
     value = getattr(ext, "value", b"")
     if len(value) != 34 or value[:2] != b"\x04\x20":
@@ -744,6 +765,24 @@ def _issued_certificates(directory: Path) -> list[x509.Certificate]:
     out = []
     for path in sorted((directory / ISSUED_DIR).glob("*.crt")):
         out.append(_load_pem_cert(path, "issued certificate"))
+    return out
+
+
+def legacy_certificates(directory: Path) -> list[x509.Certificate]:
+    """Unrevoked, unexpired certificates of the federation in ``directory`` (and its CA) whose
+    OIDs Go's crypto/x509 cannot parse: they carry the legacy signing-key OID."""
+    ca_cert = _load_pem_cert(_federation(directory).ca_cert, "federation CA certificate")
+    crl = _load_crl(directory / CRL_PEM, ca_cert)
+    now = _now()
+    out = []
+    for cert in [ca_cert, *_issued_certificates(directory)]:
+        if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+            continue
+        if cert.not_valid_after_utc <= now:
+            continue
+        oids = {e.oid for e in cert.extensions}
+        if oids & set(_LEGACY_SIGNING_KEY_OIDS):
+            out.append(cert)
     return out
 
 

@@ -577,3 +577,134 @@ def test_grpc_tls_client_certificates(
                 store.identify(auth["x509_pem_cert"][0])
     else:
         assert "x509_pem_cert" not in auth
+
+
+# --------------------------------------------------------------------------- interop: OID arcs
+
+
+def _der_oids(der: bytes) -> list[tuple[int, ...]]:
+    """Every OBJECT IDENTIFIER in ``der``, also inside OCTET/BIT STRINGs that hold DER."""
+    out: list[tuple[int, ...]] = []
+
+    def walk(buf: bytes) -> bool:
+        i, found = 0, []
+        while i < len(buf):
+            if i + 2 > len(buf):
+                return False
+            tag, n = buf[i], buf[i + 1]
+            i += 2
+            if n & 0x80:
+                k = n & 0x7F
+                if k == 0 or k > 4 or i + k > len(buf):
+                    return False
+                n = int.from_bytes(buf[i : i + k], "big")
+                i += k
+            if i + n > len(buf):
+                return False
+            found.append((tag, buf[i : i + n]))
+            i += n
+        for tag, body in found:
+            if tag == 0x06:
+                arcs, v = [], 0
+                for b in body:
+                    v = (v << 7) | (b & 0x7F)
+                    if not b & 0x80:
+                        arcs.append(v)
+                        v = 0
+                first = min(arcs[0] // 40, 2)
+                out.append((first, arcs[0] - 40 * first, *arcs[1:]))
+            elif tag & 0x20:
+                walk(body)
+            elif tag == 0x04:
+                walk(body)
+            elif tag == 0x03 and body:
+                walk(body[1:])
+        return True
+
+    walk(der)
+    return out
+
+
+@pytest.mark.parametrize("role", pki.ROLES)
+def test_every_oid_arc_in_every_issued_certificate_fits_in_31_bits(
+    fed: pki.Federation, tmp_path: Path, role: str
+) -> None:
+    # Go's crypto/x509 (and other TLS stacks) refuse a certificate with an OID arc >= 2**31.
+    issued = pki.issue(
+        fed.directory,
+        role,
+        f"{role}-arcs",
+        tmp_path / "id",
+        hosts=(("node.example", "127.0.0.1") if role == "node" else ()),
+    )
+    for path in (fed.ca_cert, issued.tls_cert):
+        der = x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(
+            serialization.Encoding.DER
+        )
+        oids = _der_oids(der)
+        assert (2, 5, 29, 19) in oids  # the walker sees the extensions (basicConstraints)
+        wide = [o for o in oids if any(a >= 2**31 for a in o)]
+        assert not wide, f"{path.name}: OIDs with arcs over 31 bits: {wide}"
+
+
+def _reissue_with_legacy_oid(fed: pki.Federation, cert_path: Path) -> x509.Certificate:
+    """The certificate at ``cert_path`` as an earlier release wrote it: same key, legacy OID."""
+    ca, ca_key = _ca(fed)
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(ca.subject)
+        .public_key(cert.public_key())  # type: ignore[arg-type]
+        .serial_number(cert.serial_number)
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+    )
+    for e in cert.extensions:
+        if e.oid == pki.SIGNING_KEY_OID:
+            e = x509.Extension(
+                pki.LEGACY_SIGNING_KEY_OID,
+                e.critical,
+                x509.UnrecognizedExtension(pki.LEGACY_SIGNING_KEY_OID, e.value.value),  # type: ignore[attr-defined]
+            )
+        b = b.add_extension(e.value, e.critical)
+    legacy = b.sign(ca_key, hashes.SHA256())
+    cert_path.write_bytes(legacy.public_bytes(serialization.Encoding.PEM))
+    return legacy
+
+
+def test_certificate_with_legacy_signing_key_oid_still_verifies_and_is_listed_for_reissue(
+    tmp_path: Path,
+) -> None:
+    fed = pki.init_federation(tmp_path / "fed", "acme")
+    issued = pki.issue(fed.directory, "analyst", "old-analyst", tmp_path / "id")
+    pki.issue(fed.directory, "node", "new-node", tmp_path / "node")
+    assert pki.legacy_certificates(fed.directory) == []
+    legacy = _reissue_with_legacy_oid(fed, issued.tls_cert)
+    _reissue_with_legacy_oid(fed, fed.directory / "issued" / f"{issued.serial:x}.crt")
+    assert legacy.extensions.get_extension_for_oid(pki.LEGACY_SIGNING_KEY_OID)
+
+    store = pki.TrustStore.load(fed.ca_cert)
+    ident = store.identify(issued.tls_cert.read_bytes())
+    local = pki.load_identity(tmp_path / "id")
+    ident.verify(local.sign(b"job 1"), b"job 1")
+    assert [c.serial_number for c in pki.legacy_certificates(fed.directory)] == [issued.serial]
+
+    pki.revoke(fed.directory, name="old-analyst")
+    assert pki.legacy_certificates(fed.directory) == []
+
+
+def test_pki_check_names_legacy_certificates_and_the_command_that_reissues(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from veil.node import cli
+
+    fed = pki.init_federation(tmp_path / "fed", "acme")
+    issued = pki.issue(fed.directory, "node", "old-node", tmp_path / "id")
+    assert cli.main(["pki", "check", str(fed.directory)]) == 0
+    assert "every valid certificate" in capsys.readouterr().out
+    _reissue_with_legacy_oid(fed, fed.directory / "issued" / f"{issued.serial:x}.crt")
+    assert cli.main(["pki", "check", str(fed.directory)]) == 1
+    out = capsys.readouterr().out
+    assert f"serial {issued.serial:#x}" in out and "CN=old-node" in out
+    assert pki.LEGACY_SIGNING_KEY_OID.dotted_string in out and "veil pki issue" in out

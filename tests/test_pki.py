@@ -52,7 +52,10 @@ def _ca(fed: pki.Federation) -> tuple[x509.Certificate, ec.EllipticCurvePrivateK
 # --------------------------------------------------------------------------- federation
 
 
-def test_init_federation_layout_and_ca_extensions(fed: pki.Federation) -> None:
+def test_init_federation_layout_and_ca_extensions(tmp_path: Path) -> None:
+    # a federation of its own: the module's `fed` gains revocations in other tests, and the
+    # suite runs in random order
+    fed = pki.init_federation(tmp_path / "fed", "acme")
     assert fed.name == "acme"
     assert _mode(fed.ca_key) == 0o600
     assert (fed.directory / "issued").is_dir()

@@ -82,6 +82,8 @@ class Registration:
     created: bool  # False: identical content and classification was already registered
     #: levels that differ from the previous version's, for columns it had too
     changes: tuple[LevelChange, ...] = ()
+    #: text columns that look numeric (a stray value made them VARCHAR): see --type
+    numeric_looking: tuple[str, ...] = ()
 
 
 def parse_levels(specs: list[str]) -> dict[str, str]:
@@ -119,6 +121,7 @@ def register(
     key_column: str,
     levels: Mapping[str, str],
     declassify: Collection[str] = (),
+    types: Mapping[str, str] | None = None,
 ) -> Registration:
     """Import ``source`` as a new version of dataset ``name`` and sign its receipt.
 
@@ -137,7 +140,7 @@ def register(
         if level not in LEVELS:
             raise InvalidInput(f"unknown level {level!r} for column {column!r}")
     existing_files = set(snapshots_dir.glob("*.parquet"))
-    snap = import_file(source, snapshots_dir)
+    snap = import_file(source, snapshots_dir, types=types)
     try:
         names = [c for c, _ in snap.columns]
         unknown = sorted(set(levels) - set(names))
@@ -251,6 +254,7 @@ def register(
             ),
             created=True,
             changes=changes,
+            numeric_looking=snap.numeric_looking,
         )
     except BaseException:
         if snap.path not in existing_files and not _referenced(conn, snap.sha256):

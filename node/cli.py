@@ -204,6 +204,7 @@ def cmd_dataset_add(args: argparse.Namespace) -> int:
             conn, log, home.identity, home.snapshots,
             node=home.config.name, name=args.name, source=Path(args.file),
             key_column=args.key, levels=levels, declassify=tuple(args.declassify),
+            types=_pairs(args.type, "--type"),
         )
     finally:
         log.close()
@@ -220,11 +221,25 @@ def cmd_dataset_add(args: argparse.Namespace) -> int:
     for ch in reg.changes:
         what = "DECLASSIFIED" if ch.lowers else "raised"
         print(f"  level of {ch.column}: {ch.old} -> {ch.new} ({what}, from version {ds.version - 1})")
+    for column in reg.numeric_looking:
+        print(f"  warning: column {column} was typed VARCHAR but most of its values are numbers;"
+              f" if it is numeric, re-add with --type {column}=DOUBLE (or DECIMAL(P,S), BIGINT)",
+              file=sys.stderr)
     receipt = _receipt_json(ds, home.identity.read_tls_cert().decode())
     if args.receipt_out:
         Path(args.receipt_out).write_text(json.dumps(receipt, indent=2) + "\n")
         print(f"receipt written to {args.receipt_out} (log index {ds.log_index})")
     return 0
+
+
+def _pairs(specs: list[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for spec in specs:
+        column, sep, value = spec.partition("=")
+        if not sep or not column or not value:
+            raise InvalidInput(f"{flag} takes COLUMN=VALUE, got {spec!r}")
+        out[column] = value
+    return out
 
 
 def _receipt_json(ds: Any, cert_pem: str) -> dict[str, Any]:
@@ -629,6 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", action="append", default=[], metavar="COLUMN=LEVEL",
                    help="public, internal, sensitive or core (default: the previous version's "
                    "level, else sensitive)")
+    p.add_argument("--type", action="append", default=[], metavar="COLUMN=TYPE",
+                   help="force a CSV column's type (BIGINT, DOUBLE, DECIMAL(P,S), VARCHAR, ...)")
     p.add_argument("--declassify", action="append", default=[], metavar="COLUMN",
                    help="allow --level to lower COLUMN's level (logged as a declassification)")
     p.add_argument("--receipt-out", metavar="FILE", help="write the signed receipt here")

@@ -25,7 +25,9 @@ import csv
 import hashlib
 import io
 import os
+import dataclasses
 import re
+from collections.abc import Mapping
 import shutil
 import stat
 import tempfile
@@ -63,9 +65,32 @@ class Snapshot:
     columns: tuple[tuple[str, str], ...]  # (name, DuckDB type), in file order
     bytes: int
     source_sha256: str  # hex SHA-256 of the imported file's bytes
+    #: text columns most of whose values read as numbers (a stray value made them VARCHAR)
+    numeric_looking: tuple[str, ...] = ()
 
 
-def import_file(source: Path, snapshots_dir: Path, *, threads: int | None = None) -> Snapshot:
+#: the types ``--type COLUMN=TYPE`` may force on a CSV column
+_FORCED_TYPE = re.compile(
+    r"(BOOLEAN|SMALLINT|INTEGER|BIGINT|DOUBLE|VARCHAR|DATE|TIMESTAMP|DECIMAL\([1-9][0-9]?,[0-9]{1,2}\))"
+)
+
+
+def check_types(types: Mapping[str, str]) -> dict[str, str]:
+    """``{"amount": "decimal(12, 2)"}`` → ``{"amount": "DECIMAL(12,2)"}``, or InvalidInput."""
+    out = {}
+    for column, type_ in types.items():
+        norm = "".join(type_.split()).upper()
+        if not _FORCED_TYPE.fullmatch(norm):
+            raise InvalidInput(
+                f"--type {column}={type_}: expected one of BOOLEAN, SMALLINT, INTEGER, BIGINT, "
+                "DOUBLE, VARCHAR, DATE, TIMESTAMP or DECIMAL(P,S)"
+            )
+        out[column] = norm
+    return out
+
+
+def import_file(source: Path, snapshots_dir: Path, *, threads: int | None = None,
+                types: Mapping[str, str] | None = None) -> Snapshot:
     """Import a ``.csv`` or ``.parquet`` file as a content-addressed Parquet snapshot.
 
     Writes to a temporary file in ``snapshots_dir`` and links it to ``<sha256>.parquet`` (an
@@ -85,6 +110,9 @@ def import_file(source: Path, snapshots_dir: Path, *, threads: int | None = None
         if any(c in str(path) for c in "*?[]{}"):
             # DuckDB expands these as glob patterns; refuse rather than read other files
             raise InvalidInput(f"{path}: the path contains one of * ? [ ] {{ }}; rename it")
+    forced = check_types(types or {})
+    if forced and kind != ".csv":
+        raise InvalidInput(f"{source}: --type applies to CSV files; a Parquet file has its types")
     if threads is not None and (isinstance(threads, bool) or threads < 1):
         raise InvalidInput(f"threads must be a whole number >= 1, got {threads!r}")
     try:
@@ -113,11 +141,17 @@ def import_file(source: Path, snapshots_dir: Path, *, threads: int | None = None
                 if kind == ".parquet":
                     header = _parquet_header(con, source)
                 _check_names(source, header, con)
+                unknown = sorted(set(forced) - set(header))
+                if unknown:
+                    raise InvalidInput(
+                        f"--type names unknown column(s) {', '.join(unknown)} in {source.name}; "
+                        f"columns are {', '.join(header)}"
+                    )
                 # hash the source on a second core while DuckDB converts it
                 hasher = _Hasher(src.fileno())
                 hasher.start()
                 try:
-                    rows = _copy(con, source, kind, tmp)
+                    rows = _copy(con, source, kind, tmp, forced)
                 except BaseException:
                     hasher.cancel()
                     raise
@@ -128,6 +162,7 @@ def import_file(source: Path, snapshots_dir: Path, *, threads: int | None = None
                         "DESCRIBE SELECT * FROM read_parquet($1)", [str(tmp)]
                     ).fetchall()
                 )
+                numeric_looking = _numeric_looking(con, tmp, columns, set(forced))
             finally:
                 con.close()
             after = os.stat(source)
@@ -145,7 +180,8 @@ def import_file(source: Path, snapshots_dir: Path, *, threads: int | None = None
                     f"{source}: DuckDB read columns {[c for c, _ in columns]}, "
                     f"expected {header}; rename the columns"
                 )
-            return _publish(tmp, snapshots_dir, rows, columns, source_sha256)
+            snap = _publish(tmp, snapshots_dir, rows, columns, source_sha256)
+            return dataclasses.replace(snap, numeric_looking=numeric_looking)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -167,18 +203,37 @@ def _connect(work: Path, threads: int | None) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def _numeric_looking(con: duckdb.DuckDBPyConnection, tmp: Path,
+                     columns: tuple[tuple[str, str], ...], forced: set[str]) -> tuple[str, ...]:
+    """VARCHAR columns (not forced so) at least 90% of whose values read as numbers."""
+    text = [c for c, t in columns if t == "VARCHAR" and c not in forced]
+    if not text:
+        return ()
+    parts = ", ".join(
+        f'count(TRY_CAST("{c}" AS DOUBLE)), count("{c}")' for c in text
+    )
+    row = con.execute(f"SELECT {parts} FROM read_parquet($1)", [str(tmp)]).fetchone()
+    assert row is not None
+    return tuple(c for i, c in enumerate(text) if row[2 * i + 1] and row[2 * i] >= 0.9 * row[2 * i + 1])
+
+
 def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _copy(con: duckdb.DuckDBPyConnection, source: Path, kind: str, tmp: Path) -> int:
+def _copy(con: duckdb.DuckDBPyConnection, source: Path, kind: str, tmp: Path,
+          forced: Mapping[str, str] | None = None) -> int:
     """Convert ``source`` to Parquet at ``tmp``; return the number of rows written."""
     target = _sql_string(str(tmp))
     options = "FORMAT parquet, COMPRESSION zstd, PARQUET_VERSION v2"
+    csv_options = _CSV_OPTIONS
+    if forced:
+        pairs = ", ".join(f"{_sql_string(c)}: {_sql_string(t)}" for c, t in forced.items())
+        csv_options += f", types = {{{pairs}}}"
     if kind == ".parquet":
         query = "SELECT * FROM read_parquet($1)"
     else:
-        query = f"SELECT * FROM read_csv($1, {_CSV_OPTIONS})"
+        query = f"SELECT * FROM read_csv($1, {csv_options})"
     try:
         try:
             row = con.execute(f"COPY ({query}) TO {target} ({options})", [str(source)]).fetchone()
@@ -189,7 +244,7 @@ def _copy(con: duckdb.DuckDBPyConnection, source: Path, kind: str, tmp: Path) ->
             # detect types from the whole file instead (slower, only on this path)
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-            query = f"SELECT * FROM read_csv($1, {_CSV_OPTIONS}, sample_size = -1)"
+            query = f"SELECT * FROM read_csv($1, {csv_options}, sample_size = -1)"
             row = con.execute(f"COPY ({query}) TO {target} ({options})", [str(source)]).fetchone()
     except duckdb.Error as e:
         raise _explain(source, kind, e) from None

@@ -110,3 +110,27 @@ def test_declassify_of_a_column_not_being_lowered_is_refused(home: NodeHome, tmp
     assert add(home, write_customers(tmp_path / "v1.csv"), *LEVELS).returncode == 0
     r = add(home, write_customers(tmp_path / "v2.csv", rows=61), "--declassify", "region")
     assert r.returncode == 1 and "--declassify region: that column's level is not being lowered" in r.stderr
+
+
+def _mixed_csv(path: Path) -> Path:
+    src = write_customers(path)
+    lines = src.read_text().splitlines()
+    lines[5] = lines[5].rsplit(",", 3)[0] + ",n/a," + ",".join(lines[5].rsplit(",", 2)[1:])
+    src.write_text("\n".join(lines) + "\n")
+    return src
+
+
+def test_a_mixed_numeric_column_is_reported_and_can_be_typed(home: NodeHome, tmp_path: Path) -> None:
+    """Regression: a CSV column with one stray value was silently typed VARCHAR."""
+    src = _mixed_csv(tmp_path / "mixed.csv")
+    r = add(home, src, *LEVELS)
+    assert r.returncode == 0, r.stderr
+    assert "column amount was typed VARCHAR but most of its values are numbers" in r.stderr
+    assert "--type amount=DOUBLE" in r.stderr
+    bad = add(home, src, "--type", "amount=BIGINT")
+    assert bad.returncode == 1 and "amount" in bad.stderr  # 'n/a' is no BIGINT: named, refused
+    clean = write_customers(tmp_path / "clean.csv", rows=61)
+    typed = add(home, clean, "--type", "amount=DECIMAL(12, 2)")
+    assert typed.returncode == 0, typed.stderr
+    assert "DECIMAL(12,2)" in typed.stdout and "warning" not in typed.stderr
+    assert add(home, clean, "--type", "amount=blob").returncode == 1

@@ -29,7 +29,23 @@ cannot name sensitive columns). For each surviving group the analyst may see:
 Nothing else leaves: no row, no ``core`` column, no column or function on the negative list,
 no key value, no sensitive value except through those aggregates, no unmasked value of a
 masked column. Every aggregate's argument is a plain column, so every aggregate covers exactly
-the group that was checked for size. Beyond the result, an analyst learns how long the query
+the group that was checked for size. Each modifier DuckDB's AST can put on an aggregate call
+was audited against that promise:
+
+- ``filter`` (FILTER (WHERE ...)): selects a subset of rows; refused.
+- ``order_bys`` (``string_agg(x ORDER BY y)``, ``first(x ORDER BY y)``): lets the aggregate
+  pick one row by another column's order; refused. ``export_state``: refused.
+- named arguments and more than one argument: refused; the only forms left are ``COUNT(*)``
+  and ``AGG(column)`` / ``AGG(literal)``, which read every row of the group.
+- ``distinct``: aggregates the set of distinct values, a subset whose size nobody checked.
+  ``COUNT(*) - COUNT(DISTINCT salary)`` or ``SUM(x) - SUM(DISTINCT x)`` isolates the values
+  occurring more than once (one subject with two rows, out of hundreds), so DISTINCT is
+  refused on every sensitive column and on every aggregate except COUNT. ``COUNT(DISTINCT
+  key)`` is the number of subjects, which the size check itself computes. ``COUNT(DISTINCT
+  c)`` of a public, internal or masked column is the number of distinct values of a column
+  the analyst may already GROUP BY: it reveals only how many values occur, never a value, and
+  no quantity of any one subject (a value shared or not shared is the same count whether one
+  or many subjects hold it). Beyond the result, an analyst learns how long the query
 took and, if it fails, the kind of error: an expression over public or internal columns in
 WHERE or GROUP BY that fails on some row (a CAST, say) tells that such a row exists (DuckDB's
 message, which may quote the value, is withheld).

@@ -25,7 +25,8 @@ Classification rules for columns of the dataset query (levels from ``Column.leve
   they may be used like internal columns, except that inside an aggregate they can only be
   counted (a MIN of masked phones would show one subject's masked phone).
 - **Every aggregate argument is a plain column, ``*`` or a literal**, and aggregates take no
-  FILTER clause. An expression inside an aggregate (``SUM(CASE WHEN name = 'Bob' THEN salary
+  FILTER clause, no ORDER BY, no EXPORT_STATE, no named and no second argument; DISTINCT only
+  in COUNT, and never on a ``sensitive`` column. An expression inside an aggregate (``SUM(CASE WHEN name = 'Bob' THEN salary
   END)``) or a FILTER would aggregate over a subset of the group that nobody checked for size,
   which is exactly how one person is singled out; compute on the aggregates instead.
 - No GROUPING SETS, ROLLUP or CUBE: a subtotal next to its parts reveals a suppressed part by
@@ -632,6 +633,8 @@ class CoreAnalyzer:
             raise QueryRejected(f"{label} with {len(args)} arguments", "is not supported")
         arg = args[0]["expression"]
         if arg.get("class") == "CONSTANT":
+            if e.get("distinct") and name != "count":
+                raise QueryRejected(f"DISTINCT inside {label}", "is not allowed")
             return
         if arg.get("class") != "COLUMN_REF":
             what = "*" if arg.get("class") == "STAR" else "an expression"
@@ -643,6 +646,15 @@ class CoreAnalyzer:
             )
         column = self._column(arg)
         role = self._role(column)
+        if e.get("distinct") and (name != "count" or role == "sensitive"):
+            # COUNT(*) - COUNT(DISTINCT x) and SUM(x) - SUM(DISTINCT x) isolate the values
+            # that occur more than once: one subject's repeated rows, out of a large group
+            raise QueryRejected(
+                f"DISTINCT inside {label}({column.name})",
+                "is not allowed: it aggregates a subset of the group (its distinct values) whose "
+                "size nobody checked; only COUNT(DISTINCT) of a key, public, internal or masked "
+                "column is allowed",
+            )
         if role == "key":
             if name != "count":
                 raise QueryRejected(

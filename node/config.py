@@ -50,6 +50,7 @@ class Limits:
     timeout_s: int = 30
     max_result_rows: int = 10_000
     max_sql_bytes: int = 100_000
+    max_result_bytes: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -388,6 +389,7 @@ threads = 2                       # engine threads per query
 timeout_s = 30                    # wall-clock seconds before a query is cancelled
 max_result_rows = 10000           # rows a query may return (after suppression)
 max_sql_bytes = 100000            # longest SQL text accepted
+max_result_bytes = 1000000        # serialized result a query may return (the wire carries ~2x)
 
 [policy]
 min_group_size = 10               # smallest group of subjects an aggregate may describe (>= 2);

@@ -89,6 +89,7 @@ def limits(config: NodeConfig) -> sandbox.Limits:
     return sandbox.Limits(
         memory_limit_mb=lim.memory_limit_mb, threads=lim.threads, timeout_s=float(lim.timeout_s),
         max_result_rows=lim.max_result_rows, max_sql_bytes=lim.max_sql_bytes,
+        max_result_bytes=lim.max_result_bytes,
     )
 
 

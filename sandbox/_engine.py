@@ -138,6 +138,13 @@ def run(query: ValidatedQuery, limits: Limits) -> QueryResult:
     cpu_start = time.thread_time()
     columns = _result.unique_names(columns)
     serialized = _result.serialize(columns, column_types, rows, suppressed)
+    if len(serialized) > limits.max_result_bytes:
+        # refused here, before any caller logs or charges it as released
+        raise QueryLimitExceeded(
+            "result bytes",
+            f"the result is {len(serialized):,} bytes, more than the limit of "
+            f"{limits.max_result_bytes:,} bytes; aggregate more coarsely or add a LIMIT",
+        )
     arrays = _result.arrays(columns, column_types, rows)
     cpu_ms = session.cpu_ms + (time.thread_time() - cpu_start) * 1000
     return QueryResult(

@@ -31,7 +31,7 @@ class QueryRejected(SandboxError):
 
 class QueryLimitExceeded(SandboxError):
     """The query hit one of the limits: ``limit`` is ``"timeout"``, ``"memory"``,
-    ``"result rows"`` or ``"sql size"``."""
+    ``"result rows"``, ``"result bytes"`` or ``"sql size"``."""
 
     def __init__(self, limit: str, message: str) -> None:
         super().__init__(message)

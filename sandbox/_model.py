@@ -168,6 +168,7 @@ class Limits:
     timeout_s: float = 30.0
     max_result_rows: int = 10_000
     max_sql_bytes: int = 100_000
+    max_result_bytes: int = 1_000_000  # the serialized result; the wire carries about twice that
 
     def __post_init__(self) -> None:
         for attr, low in (
@@ -175,6 +176,7 @@ class Limits:
             ("threads", 1),
             ("max_result_rows", 1),
             ("max_sql_bytes", 16),
+            ("max_result_bytes", 64),
         ):
             value = getattr(self, attr)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -147,3 +147,32 @@ def test_query_of_someone_else_and_query_cli_formats(
     with Client(running.address, federation.identity("analyst", "bob")) as bob:
         with pytest.raises(PolicyDenied):
             bob.query(job.id)
+
+
+def test_result_over_max_result_bytes_is_refused_and_logged_as_refused_not_charged(
+    node_home, federation: Federation  # type: ignore[no-untyped-def]
+) -> None:
+    import json
+
+    from tests.test_mutation_killers_wire import _node_with, _run
+
+    node, who = _node_with(node_home, federation, "max_result_bytes = 1000000",
+                           "max_result_bytes = 100")
+    try:
+        with pytest.raises(ResourceLimit, match="more than the limit of 100 bytes"):
+            _run(who, "SELECT region, COUNT(*) AS n FROM customers GROUP BY region", '"region"')
+        assert who["alice"].datasets()  # still serving
+    finally:
+        for c in who.values():
+            c.close()
+        node.stop(grace=1)
+    conn = node_home.connect()
+    try:
+        entries = [json.loads(bytes(e)) for (e,) in conn.execute(
+            "SELECT entry FROM log_entries ORDER BY idx")]
+    finally:
+        conn.close()
+    (call,) = [e for e in entries if e.get("method") == "/veil.v1.QueryService/RunQuery"]
+    assert call["status"] == "RESOURCE_EXHAUSTED", call
+    assert "the result is" in call["message"]
+    assert "meters" not in call and "result_sha256" not in call, call  # nothing released or charged

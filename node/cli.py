@@ -78,7 +78,10 @@ def cmd_pki_issue(args: argparse.Namespace) -> int:
 def cmd_pki_revoke(args: argparse.Namespace) -> int:
     from veil.node import pki
 
-    serial = pki.revoke(Path(args.dir), name=args.name, role=args.role, reason=args.reason)
+    if (args.name is None) == (args.serial is None):
+        raise InvalidInput("name the certificate to revoke: --name NAME or --serial SERIAL")
+    serial = pki.revoke(Path(args.dir), name=args.name, serial=args.serial, role=args.role,
+                        reason=args.reason)
     print(f"revoked serial {serial:#x}; nodes pick up {Path(args.dir) / 'crl.pem'} on its change")
     return 0
 
@@ -96,7 +99,8 @@ def cmd_pki_check(args: argparse.Namespace) -> int:
         subject = c.subject.rfc4514_string()
         print(f"  serial {c.serial_number:#x}  {subject}")
     print("veil nodes still accept them; reissue each with `veil pki issue DIR --role R --name N "
-          "--out NEWDIR`, install it, then `veil pki revoke DIR --name N`.")
+          "--out NEWDIR`, install it, then revoke the old one by its serial: "
+          "`veil pki revoke DIR --serial SERIAL`.")
     return 1
 
 
@@ -612,7 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=365)
     p = command(pki_, "revoke", cmd_pki_revoke, "add a certificate to the federation's CRL")
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--name", required=True)
+    p.add_argument("--name")
+    p.add_argument("--serial", type=lambda v: int(v, 0), metavar="SERIAL",
+                   help="the certificate's serial, e.g. 0x1f… (as `veil pki check` prints it)")
     p.add_argument("--role")
     p.add_argument("--reason", default="unspecified")
     p = command(pki_, "check", cmd_pki_check, "list certificates other TLS stacks cannot parse")

@@ -711,3 +711,21 @@ def test_pki_check_names_legacy_certificates_and_the_command_that_reissues(
     out = capsys.readouterr().out
     assert f"serial {issued.serial:#x}" in out and "CN=old-node" in out
     assert pki.LEGACY_SIGNING_KEY_OID.dotted_string in out and "veil pki issue" in out
+
+
+def test_revoke_by_serial_when_a_name_has_two_certificates(tmp_path: Path) -> None:
+    """`veil pki check` advises revoking the old certificate after a reissue; by name that is
+    ambiguous (two valid certificates), so the CLI revokes by serial."""
+    from tests.conftest import run_cli
+
+    fed = pki.init_federation(tmp_path / "fed", "acme")
+    old = pki.issue(fed.directory, "analyst", "ana", tmp_path / "old")
+    pki.issue(fed.directory, "analyst", "ana", tmp_path / "new")
+    by_name = run_cli("pki", "revoke", str(fed.directory), "--name", "ana")
+    assert by_name.returncode == 1
+    neither = run_cli("pki", "revoke", str(fed.directory))
+    assert neither.returncode == 1 and "--name NAME or --serial SERIAL" in neither.stderr
+    r = run_cli("pki", "revoke", str(fed.directory), "--serial", f"{old.serial:#x}")
+    assert r.returncode == 0, r.stderr
+    crl = x509.load_pem_x509_crl(fed.crl.read_bytes())
+    assert [e.serial_number for e in crl] == [old.serial]

@@ -44,6 +44,7 @@ error's kind, because DuckDB's messages can quote row values (``Could not conver
 
 from __future__ import annotations
 
+import atexit
 import collections
 import json
 import os
@@ -205,6 +206,17 @@ class _Pool:
 
 
 _pool = _Pool(per_key=8, keys=32)
+
+
+@atexit.register
+def _close_idle() -> None:
+    """Close the idle connections before the interpreter finalizes: a DuckDB connection torn
+    down during finalization, with its threads still running, can abort the process."""
+    with _pool._lock:
+        idle = [c for cons in _pool._idle.values() for c in cons]
+        _pool._idle.clear()
+    for c in idle:
+        c.close()
 
 
 

@@ -40,3 +40,19 @@ def test_job_show_and_approve_print_the_sql_before_the_decision(
     out = approved.stdout
     assert out.index(SQL) < out.index("your approval of job")
     assert "missing: subject-representative" in out
+
+
+def test_a_node_showing_one_jobs_bytes_under_anothers_id_is_refused(client_for) -> None:  # type: ignore[no-untyped-def]
+    """What an approver reads must be the job their decision binds (its id is the digest)."""
+    import pytest
+    from veil.v1 import jobs_pb2
+
+    from veil.node.client import JobInfo
+    from veil.node.errors import VerificationError
+
+    alice = client_for("analyst", "alice")
+    a = alice.submit_job(job_toml())
+    b = alice.submit_job(job_toml(runs=2))
+    forged = jobs_pb2.Job(job_id=b.id, canonical=a.canonical, estimate_json="{}")
+    with pytest.raises(VerificationError, match=f"job {b.id}: the node returned signed bytes"):
+        JobInfo.from_proto(forged)

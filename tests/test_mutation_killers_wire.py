@@ -6,6 +6,8 @@ its kind and message.
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -88,14 +90,21 @@ def test_sql_reading_a_column_outside_the_job_is_refused(people) -> None:
             "SELECT region, SUM(amount) AS t FROM customers GROUP BY region", columns='"region"'))
 
 
+@contextlib.contextmanager
 def _node_with(node_home, federation: Federation, old: str, new: str):  # type: ignore[no-untyped-def]
+    """A node whose node.toml has ``old`` replaced by ``new``, with alice, olga and sam."""
     text = node_home.config_path.read_text()
     assert old in text
     node_home.config_path.write_text(text.replace(old, new))
     node = start(node_home.path, "127.0.0.1:0")
     who = {n: Client(node.address, federation.identity(r, n)) for r, n in (
         ("analyst", "alice"), ("operator", "olga"), ("subject-representative", "sam"))}
-    return node, who
+    try:
+        yield who
+    finally:
+        for c in who.values():
+            c.close()
+        node.stop(grace=1)
 
 
 def _run(who, sql: str, columns: str):  # type: ignore[no-untyped-def]
@@ -107,56 +116,36 @@ def _run(who, sql: str, columns: str):  # type: ignore[no-untyped-def]
 
 def test_node_min_group_size_reaches_the_sandbox(node_home, federation: Federation) -> None:
     # 60 customers, 20 per region: a minimum of 25 suppresses every region
-    node, who = _node_with(node_home, federation, "min_group_size = 10", "min_group_size = 25")
-    try:
+    with _node_with(node_home, federation, "min_group_size = 10", "min_group_size = 25") as who:
         result = _run(who, "SELECT region, COUNT(*) AS n FROM customers GROUP BY region",
                       '"region"')
         assert result.arrays["region"].tolist() == []
-    finally:
-        for c in who.values():
-            c.close()
-        node.stop(grace=1)
 
 
 def test_node_denied_functions_reach_the_sandbox(node_home, federation: Federation) -> None:
-    node, who = _node_with(node_home, federation, "deny_functions = []",
-                           'deny_functions = ["avg"]')
-    try:
+    with _node_with(node_home, federation, "deny_functions = []",
+                           'deny_functions = ["avg"]') as who:
         with pytest.raises(VeilError, match="avg"):
             who["alice"].submit_job(job_toml(
                 "SELECT region, AVG(amount) AS a FROM customers GROUP BY region"))
-    finally:
-        for c in who.values():
-            c.close()
-        node.stop(grace=1)
 
 
 def test_node_masks_reach_the_sandbox(node_home, federation: Federation) -> None:
     # a masked phone may be grouped by (its masked form); an unmasked one is refused
     sql = "SELECT phone, COUNT(*) AS n FROM customers GROUP BY phone"
-    node, who = _node_with(node_home, federation, "masked_columns = {}",
-                           'masked_columns = { "customers.phone" = "phone" }')
-    try:
+    with _node_with(node_home, federation, "masked_columns = {}",
+                           'masked_columns = { "customers.phone" = "phone" }') as who:
         result = _run(who, sql, '"phone"')
         shown = [str(v) for v in result.arrays["phone"].tolist()]
         assert all(not v.startswith("138000") for v in shown)  # never a whole number
-    finally:
-        for c in who.values():
-            c.close()
-        node.stop(grace=1)
 
 
 def test_node_denied_columns_reach_the_sandbox(node_home, federation: Federation) -> None:
     # the key column is always visible to the sandbox (for COUNT(DISTINCT)), whatever the
     # job's columns: only the sandbox's negative list can keep it out
-    node, who = _node_with(node_home, federation, "deny_columns = []",
-                           'deny_columns = ["customers.customer_id"]')
-    try:
+    with _node_with(node_home, federation, "deny_columns = []",
+                           'deny_columns = ["customers.customer_id"]') as who:
         with pytest.raises(VeilError, match="customer_id"):
             who["alice"].submit_job(job_toml(
                 "SELECT region, COUNT(DISTINCT customer_id) AS n FROM customers GROUP BY region",
                 columns='"region"'))
-    finally:
-        for c in who.values():
-            c.close()
-        node.stop(grace=1)

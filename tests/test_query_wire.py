@@ -156,16 +156,11 @@ def test_result_over_max_result_bytes_is_refused_and_logged_as_refused_not_charg
 
     from tests.test_mutation_killers_wire import _node_with, _run
 
-    node, who = _node_with(node_home, federation, "max_result_bytes = 1000000",
-                           "max_result_bytes = 100")
-    try:
+    with _node_with(node_home, federation, "max_result_bytes = 1000000",
+                    "max_result_bytes = 100") as who:
         with pytest.raises(ResourceLimit, match="more than the limit of 100 bytes"):
             _run(who, "SELECT region, COUNT(*) AS n FROM customers GROUP BY region", '"region"')
         assert who["alice"].datasets()  # still serving
-    finally:
-        for c in who.values():
-            c.close()
-        node.stop(grace=1)
     conn = node_home.connect()
     try:
         entries = [json.loads(bytes(e)) for (e,) in conn.execute(

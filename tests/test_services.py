@@ -7,7 +7,6 @@ import pkgutil
 
 import pytest
 import veil.v1
-from google.protobuf import descriptor_pool
 
 from veil.node import kinds
 from veil.node._rpc import Outcome, Rpc, resolve
@@ -41,7 +40,6 @@ def test_a_method_the_protos_do_not_declare_is_a_startup_error() -> None:
 
 
 def test_a_compute_method_needs_a_job_id_in_its_request() -> None:
-    descriptor_pool.Default().FindServiceByName("veil.v1.NodeService")
     with pytest.raises(TypeError, match="needs a job_id"):
         resolve("veil.v1.NodeService",
                 {"GetInfo": Rpc(frozenset({"analyst"}), lambda *a: None, kind="query")})

@@ -48,7 +48,8 @@ def check_peer(peer: pki.Identity, expected_node: str) -> None:
     """A peer for a job's part is a ``node`` certificate with exactly the job's node name."""
     if peer.role != "node":
         raise PolicyDenied(
-            f"expected node {expected_node!r}, but the caller is a {peer.role} ({peer.name!r})"
+            f"expected node {expected_node!r}, but the caller's certificate is for "
+            f"{peer.role} {peer.name!r}, not a node"
         )
     if peer.name != expected_node:
         raise PolicyDenied(

@@ -8,6 +8,7 @@ control off. Prices are decimal *strings* (``"0.001"``), never TOML floats.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import tomllib
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from veil.node.errors import ConfigError, InvalidInput
+from veil.sandbox import Limits
 from veil.node.jobs import (
     KINDS,
     LEVELS,
@@ -41,16 +43,8 @@ _GLOB = re.compile(r"[A-Za-z0-9_*?\[\]!-]+")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Sandbox limits applied to every query."""
-
-    memory_limit_mb: int = 1024
-    threads: int = 2
-    timeout_s: int = 30
-    max_result_rows: int = 10_000
-    max_sql_bytes: int = 100_000
-    max_result_bytes: int = 1_000_000
+DEFAULT_WORKERS = 2  # sandbox worker processes: queries that run at once
+_LIMITS = tuple(f.name for f in dataclasses.fields(Limits))  # the [limits] keys, but workers
 
 
 @dataclass(frozen=True)
@@ -58,7 +52,8 @@ class NodeConfig:
     path: Path  # the node.toml it was read from
     name: str
     listen: str
-    limits: Limits
+    limits: Limits  # every query's; ``[limits]`` in node.toml
+    workers: int  # sandbox worker processes (``[limits] workers``)
     policy: NodePolicy
     tariff: Tariff
 
@@ -208,11 +203,13 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> NodeConfig:
             "node.listen",
             f"expected host:port with port 0-65535 (0 = any free port), got {listen!r}",
         ) from None
+    limits = r.table(doc, "limits", (*_LIMITS, "workers"))
     return NodeConfig(
         path=path,
         name=name,
         listen=listen,
-        limits=_limits(r, r.table(doc, "limits", tuple(Limits.__dataclass_fields__))),
+        limits=_limits(r, limits),
+        workers=r.integer(limits, "limits.workers", DEFAULT_WORKERS, 1),
         policy=_policy(r, doc),
         tariff=_tariff(r, doc),
     )
@@ -222,8 +219,9 @@ def _limits(r: _Reader, table: Mapping[str, Any]) -> Limits:
     defaults = Limits()
     return Limits(
         **{
-            name: r.integer(table, f"limits.{name}", getattr(defaults, name), 1)
-            for name in Limits.__dataclass_fields__
+            name: r.integer(table, f"limits.{name}", int(getattr(defaults, name)),
+                            Limits.MINIMUMS.get(name, 1))
+            for name in _LIMITS
         }
     )
 
@@ -390,6 +388,8 @@ timeout_s = 30                    # wall-clock seconds before a query is cancell
 max_result_rows = 10000           # rows a query may return (after suppression)
 max_sql_bytes = 100000            # longest SQL text accepted
 max_result_bytes = 1000000        # serialized result a query may return (the wire carries ~2x)
+workers = 2                       # sandbox worker processes, i.e. queries running at once; each
+                                  # may use memory_limit_mb + 512 MB, then it is stopped
 
 [policy]
 min_group_size = 10               # smallest group of subjects an aggregate may describe (>= 2);

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from veil import sandbox
 from veil.node.errors import PolicyDenied
 from veil.node.grants import Grants
 from veil.node.home import NodeHome
@@ -26,9 +27,11 @@ class NodeContext:
     conn: sqlite3.Connection = field(repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     grants: Grants = field(init=False, repr=False)
+    workers: sandbox.Workers = field(init=False, repr=False)  # where queries run
 
     def __post_init__(self) -> None:
         self.grants = Grants(self.conn, self.lock, self.log, self.home.config, self.home.snapshots)
+        self.workers = sandbox.Workers(self.home.config.workers)
 
     @property
     def name(self) -> str:

@@ -84,25 +84,16 @@ def normalize(sql: str) -> str:
         return sandbox.normalize(sql)
 
 
-def limits(config: NodeConfig) -> sandbox.Limits:
-    lim = config.limits
-    return sandbox.Limits(
-        memory_limit_mb=lim.memory_limit_mb, threads=lim.threads, timeout_s=float(lim.timeout_s),
-        max_result_rows=lim.max_result_rows, max_sql_bytes=lim.max_sql_bytes,
-        max_result_bytes=lim.max_result_bytes,
-    )
-
-
 def validate(q: QueryInputs, lim: sandbox.Limits) -> Any:
     """Validate without touching data; sandbox refusals become Veil errors."""
     with _as_veil_errors("refused"):
         return sandbox.validate(q.sql, [q.table], q.policy, lim)
 
 
-def run(q: QueryInputs, lim: sandbox.Limits) -> sandbox.QueryResult:
-    validated = validate(q, lim)
+def run(q: QueryInputs, lim: sandbox.Limits, workers: sandbox.Workers) -> sandbox.QueryResult:
+    """Validate and run in one of the node's sandbox worker processes, under ``lim``."""
     with _as_veil_errors("stopped"):
-        return sandbox.run(validated, lim)
+        return workers.run(q.sql, [q.table], q.policy, lim)
 
 
 def meters(result: sandbox.QueryResult) -> Meters:

@@ -60,7 +60,8 @@ clauses, expressions inside aggregates, ROLLUP/GROUPING SETS, set operations, jo
 in expressions.
 
 The exact rules are in ``sandbox/_rules.py``; isolation, group-size enforcement and metering
-in ``sandbox/_engine.py``; the result's canonical serialization and digest in
+in ``sandbox/_engine.py``; worker processes that make the limits hold against a hostile
+query in ``sandbox/_workers.py``; the result's canonical serialization and digest in
 ``sandbox/_result.py``; masks in ``sandbox/_masks.py``.
 """
 
@@ -79,6 +80,7 @@ from veil.sandbox._model import (
     Table,
 )
 from veil.sandbox._query import ValidatedQuery, normalize, validate
+from veil.sandbox._workers import Workers
 
 __all__ = [
     "LEVELS",
@@ -93,6 +95,7 @@ __all__ = [
     "SandboxError",
     "Table",
     "ValidatedQuery",
+    "Workers",
     "normalize",
     "run",
     "validate",

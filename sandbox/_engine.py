@@ -286,14 +286,18 @@ class _Watchdog:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def watch(self, session: _Session) -> None:
+    def start(self) -> None:
         with self._wake:
-            self._sessions.add(session)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="veil-sandbox-watchdog", daemon=True
                 )
                 self._thread.start()
+
+    def watch(self, session: _Session) -> None:
+        self.start()
+        with self._wake:
+            self._sessions.add(session)
             self._wake.notify()
 
     def forget(self, session: _Session) -> None:

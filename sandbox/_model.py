@@ -13,6 +13,7 @@ import re
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy
 
@@ -147,6 +148,10 @@ class Policy:
                 raise ValueError(f"{attr} must be a set of names, got {value!r}")
             object.__setattr__(self, attr, frozenset(fold(v) for v in value))
 
+    def __reduce__(self) -> tuple[Any, ...]:  # the mapping proxy does not pickle; a dict does
+        return (Policy, (self.min_group_size, self.allow_min_max, dict(self.masked_columns),
+                         self.denied_columns, self.denied_functions))
+
     def __hash__(self) -> int:  # the mapping proxy is not hashable; its items are
         return hash(
             (
@@ -170,14 +175,14 @@ class Limits:
     max_sql_bytes: int = 100_000
     max_result_bytes: int = 1_000_000  # the serialized result; the wire carries about twice that
 
+    #: the smallest value of each integer limit (a smaller one is a configuration error)
+    MINIMUMS: ClassVar[Mapping[str, int]] = types.MappingProxyType({
+        "memory_limit_mb": 16, "threads": 1, "max_result_rows": 1, "max_sql_bytes": 16,
+        "max_result_bytes": 64,
+    })
+
     def __post_init__(self) -> None:
-        for attr, low in (
-            ("memory_limit_mb", 16),
-            ("threads", 1),
-            ("max_result_rows", 1),
-            ("max_sql_bytes", 16),
-            ("max_result_bytes", 64),
-        ):
+        for attr, low in self.MINIMUMS.items():
             value = getattr(self, attr)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{attr} must be an int of at least {low}, got {value!r}")

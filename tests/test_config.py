@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from veil.node.config import Limits, default_config_text, load_config
+from veil.node.config import default_config_text, load_config
+from veil.sandbox import Limits
 from veil.node.errors import ConfigError
 from veil.node.jobs import ApprovalRule, Quota
 

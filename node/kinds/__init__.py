@@ -24,6 +24,7 @@ from veil.node.jobs import KINDS
 if TYPE_CHECKING:
     import sqlite3
 
+    from veil import sandbox
     from veil.node._rpc import Call, Outcome
     from veil.node.catalog import DatasetVersion
     from veil.node.config import NodeConfig
@@ -47,8 +48,9 @@ class JobKind(Protocol):
         """This node's part of one call, under ``grant``; the gate logs and charges it."""
 
     def replay(self, conn: sqlite3.Connection, home: NodeHome, index: int,
-               record: Mapping[str, Any]) -> Replayed:
-        """Re-run the logged call at ``index`` from the node's state; compare digests."""
+               record: Mapping[str, Any], workers: sandbox.Workers) -> Replayed:
+        """Re-run the logged call at ``index`` from the node's state, in ``workers`` under
+        the node's limits; compare digests."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ def by_method(method: str) -> JobKind | None:
 def replay(node_dir: Path, start: int = 0) -> list[Replayed]:
     """Re-run every logged successful compute call from ``start`` on, against the exact
     dataset version and policy it used, with the kind that ran it; compare result digests."""
+    from veil import sandbox
     from veil.node import state
     from veil.node.auditor import LocalLog, check_entry
     from veil.node.home import NodeHome
@@ -106,6 +109,7 @@ def replay(node_dir: Path, start: int = 0) -> list[Replayed]:
     source = LocalLog(node_dir)
     conn = state.connect(home.state_path, readonly=True)
     out = []
+    workers = sandbox.Workers(1)
     try:
         size = int(conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log_entries").fetchone()[0])
         for index, data in source.entries(start, size):
@@ -113,7 +117,8 @@ def replay(node_dir: Path, start: int = 0) -> list[Replayed]:
             kind = by_method(str(record.get("method", "")))
             if kind is None or record.get("status") != "OK":
                 continue
-            out.append(kind.replay(conn, home, index, record))
+            out.append(kind.replay(conn, home, index, record, workers))
     finally:
+        workers.close()
         conn.close()
     return out

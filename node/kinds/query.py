@@ -29,14 +29,14 @@ class QueryKind:
                  snapshots: Path) -> None:
         """Approvers only ever see SQL the sandbox would accept on this dataset."""
         q = queries.inputs(spec, config.name, dataset, snapshots, config)
-        queries.validate(q, queries.limits(config))
+        queries.validate(q, config.limits)
 
     def run(self, ctx: NodeContext, request: Any, call: Call, grant: Grant) -> Outcome:
         config = ctx.home.config
         q = queries.inputs(grant.spec, ctx.name, grant.dataset, ctx.home.snapshots, config)
         call.details = {"query": q.settings()}
         datasets = (grant.dataset.ref,)
-        result = queries.run(q, queries.limits(config))
+        result = queries.run(q, config.limits, ctx.workers)
         return Outcome(
             response=query_result_to_proto(result, list(datasets)),
             meters=queries.meters(result),
@@ -45,12 +45,13 @@ class QueryKind:
         )
 
     def replay(self, conn: sqlite3.Connection, home: NodeHome, index: int,
-               record: Mapping[str, Any]) -> Replayed:
-        return _replay_one(conn, home, index, record, queries.limits(home.config))
+               record: Mapping[str, Any], workers: sandbox.Workers) -> Replayed:
+        return _replay_one(conn, home, index, record, home.config.limits, workers)
 
 
 def _replay_one(conn: sqlite3.Connection, home: NodeHome, index: int,
-                record: Mapping[str, Any], lim: sandbox.Limits) -> Replayed:
+                record: Mapping[str, Any], lim: sandbox.Limits,
+                workers: sandbox.Workers) -> Replayed:
     job = record["job"]
     row = conn.execute("SELECT canonical FROM jobs WHERE id = ?", (job,)).fetchone()
     if row is None:
@@ -75,7 +76,7 @@ def _replay_one(conn: sqlite3.Connection, home: NodeHome, index: int,
         ),
     )
     try:
-        digest = queries.run(q, lim).digest
+        digest = queries.run(q, lim, workers).digest
     except VeilError as exc:
         digest = f"error: {exc}"
     return Replayed(index, job, record.get("result_sha256", ""), digest)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
@@ -83,11 +84,30 @@ def _analyst(address: str, identity: str, job: str, calls: int) -> list[float]:
     with Client(address, identity) as c:
         c.query(job)  # connect and warm up outside the measurement
         out = []
+        cpu = time.process_time()
         for _ in range(calls):
             t = time.perf_counter()
             c.query(job)
             out.append((time.perf_counter() - t) * 1000)
-    return out
+        cpu = time.process_time() - cpu
+    return out, cpu
+
+
+def _workers_cpu(node) -> float:  # type: ignore[no-untyped-def]
+    """CPU seconds used so far by the node's sandbox worker processes."""
+    total = 0.0
+    with node.ctx.workers._cond:
+        pids = [w.proc.pid for w in node.ctx.workers._idle]
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _machine_busy() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat: all but idle, iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str]) -> int:
@@ -107,6 +127,8 @@ def main(argv: list[str]) -> int:
             # must not share the node's interpreter lock
             ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(len(clients)) as pool:
+                node_cpu, workers_cpu = time.process_time(), _workers_cpu(node)
+                busy = _machine_busy()
                 start = time.perf_counter()
                 parts = pool.starmap(
                     _analyst,
@@ -114,11 +136,15 @@ def main(argv: list[str]) -> int:
                      for c, job in clients],
                 )
                 wall = time.perf_counter() - start
-            latencies = [ms for part in parts for ms in part]
+                node_cpu = time.process_time() - node_cpu
+                workers_cpu = _workers_cpu(node) - workers_cpu
+                busy = _machine_busy() - busy
+            latencies = [ms for part, _ in parts for ms in part]
+            analysts_cpu = sum(cpu for _, cpu in parts)
             with ctx.Pool(1) as pool:  # one analyst alone: latency without queueing
                 c, job = clients[0]
-                alone = pool.apply(_analyst, (node.address, str(c.identity.directory), job,
-                                              args.calls))
+                alone, _ = pool.apply(_analyst, (node.address, str(c.identity.directory), job,
+                                                 args.calls))
         finally:
             for c, _ in clients:
                 c.close()
@@ -143,6 +169,12 @@ def main(argv: list[str]) -> int:
             ("raw DuckDB, in-process, same file", raw_med, sorted(raw)[int(0.99 * 199)], 1000 / raw_med),
         ],
     )
+    n = len(latencies)
+    print(f"CPU per call, {args.analysts} at once: node process {node_cpu / n * 1000:.1f} ms, "
+          f"sandbox workers {workers_cpu / n * 1000:.1f} ms, analysts' clients "
+          f"{analysts_cpu / n * 1000:.1f} ms; wall {wall / n * 1000:.1f} ms per call on "
+          f"{multiprocessing.cpu_count()} cores, whose busy time was {busy / n * 1000:.1f} ms "
+          "per call (the rest: other processes of the machine)")
     print(f"ratio veil/raw median: {med / raw_med:.1f}x (8 at once), "
           f"{statistics.median(alone) / raw_med:.1f}x (alone)")
     verdict("median latency ms", med, 25, higher_is_better=False)

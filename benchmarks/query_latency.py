@@ -78,7 +78,7 @@ sql = "{SQL}"
     return node, clients, ds.snapshot_path(home.snapshots)
 
 
-def _analyst(address: str, identity: str, job: str, calls: int) -> list[float]:
+def _analyst(address: str, identity: str, job: str, calls: int) -> tuple[list[float], float]:
     from veil.node.client import Client
 
     with Client(address, identity) as c:

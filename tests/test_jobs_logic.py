@@ -74,6 +74,13 @@ TWO_SIDED = NodePolicy(
 )
 
 
+#: a 2048-bit Paillier modulus (the examples' analyst key; its private half was not kept)
+EXAMPLE_N = json.loads((EXAMPLES / "analyst-paillier.pub").read_text())["n"]
+
+
+SUM_PARAMS = f'aggregator = "bank-a"\ncolumns = ["amount"]\nbound = "1000000"\npaillier_n = "{EXAMPLE_N}"'
+
+
 def normalize(sql: str) -> str:
     """Stand-in for sandbox.normalize: drop -- comments, collapse whitespace."""
     return " ".join(re.sub(r"--[^\n]*", " ", sql).split())
@@ -100,7 +107,7 @@ def job(
         ),
         "sum": (
             (("bank-a", "customers", ["amount"]), ("bank-b", "customers", ["amount"])),
-            'column = "amount"',
+            SUM_PARAMS,
         ),
         "psi": (
             (("bank-a", "customers", ["phone"]), ("bank-b", "customers", ["phone"])),
@@ -114,10 +121,12 @@ def job(
     nodes = defaults[0] if nodes is None else nodes
     params = defaults[1] if params is None else params
     text = f'purpose = {purpose}\nkind = "{kind}"\nexpires = {expires}\n[quota]\n{quota}\n'
-    for name, dataset, columns in nodes:
+    for i, (name, dataset, columns) in enumerate(nodes):
         text += (
             f'[[nodes]]\nname = "{name}"\ndataset = "{dataset}"\ncolumns = {json.dumps(columns)}\n'
         )
+        if kind != "query":
+            text += f'address = "127.0.0.1:{7400 + i}"\n'
     return text + f"[params]\n{params}\n"
 
 
@@ -126,7 +135,7 @@ def job(
 
 @pytest.mark.parametrize("name", ["query-job.toml", "sum-job.toml", "psi-job.toml"])
 def test_examples_parse(name: str) -> None:
-    spec = parse((EXAMPLES / name).read_text())
+    spec = parse((EXAMPLES / name).read_text(), base_dir=EXAMPLES)
     assert spec.analyst == "alice" and spec.nonce == NONCE
     for part in spec.nodes:
         check_submission(spec, part.name, CUSTOMERS, "customer_id", TWO_SIDED)
@@ -219,7 +228,7 @@ def _without(text: str, line_start: str) -> str:
             job("sum", nodes=(("bank-a", "customers", ["amount"]), ("bank-a", "c2", ["amount"]))),
             "node 'bank-a' appears twice",
         ),
-        (job("sum", params='column = "amount"\nfilter = "region = 1"'), "unknown key 'filter'"),
+        (job("sum", params=SUM_PARAMS + '\nfilter = "region = 1"'), "unknown key 'filter'"),
         (
             job(
                 "sum",
@@ -305,7 +314,8 @@ def specs(draw: st.DrawFn) -> JobSpec:
         params = {"sql": draw(text)}
     elif kind == "sum":
         columns = [(key,)] * count
-        params = {"column": key}
+        params = {"aggregator": node_names[0], "columns": [key], "bound": "1000",
+                  "paillier_n": EXAMPLE_N}
     elif kind == "psi":
         columns = [(key,)] * 2
         params = {"key": key, "output": draw(st.sampled_from(["cardinality", "membership"]))}
@@ -317,7 +327,8 @@ def specs(draw: st.DrawFn) -> JobSpec:
         kind=kind,
         expires=draw(st.datetimes(min_value=datetime(2000, 1, 1), timezones=st.just(UTC))),
         quota=Quota(draw(st.integers(1, 2**63)), draw(optional_count), draw(optional_count)),
-        nodes=tuple(NodePart(n, draw(idents), c) for n, c in zip(node_names, columns)),
+        nodes=tuple(NodePart(n, draw(idents), c, None if kind == "query" else f"{n}.example:7400")
+                    for n, c in zip(node_names, columns)),
         params=params,
         nonce=draw(st.binary(min_size=16, max_size=16)).hex(),
         analyst=draw(text),
@@ -535,7 +546,7 @@ def test_rules_filter_on_kind_and_dataset() -> None:
 def test_check_submission_returns_this_nodes_part() -> None:
     spec = parse(job("sum"))
     part = check_submission(spec, "bank-b", CUSTOMERS, "customer_id", TWO_SIDED)
-    assert part == NodePart("bank-b", "customers", ("amount",))
+    assert part == NodePart("bank-b", "customers", ("amount",), "127.0.0.1:7401")
 
 
 @pytest.mark.parametrize(
@@ -602,7 +613,7 @@ def test_check_submission_returns_this_nodes_part() -> None:
                     ("bank-a", "customers", ["customer_id"]),
                     ("bank-b", "customers", ["customer_id"]),
                 ),
-                params='column = "customer_id"',
+                params=SUM_PARAMS.replace('["amount"]', '["customer_id"]'),
             ),
             TWO_SIDED,
             PolicyDenied,

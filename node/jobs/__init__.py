@@ -48,6 +48,8 @@ from veil.node.jobs._spec import (
     spec_from_canonical,
     verify_job,
 )
+from veil.node.jobs._sum import SumParams
+from veil.node.jobs._sum import parse as sum_params
 from veil.node.jobs._tariff import (
     METER_NAMES,
     QUOTA_METERS,
@@ -72,6 +74,7 @@ __all__ = [
     "Decision",
     "Estimate",
     "JobSpec",
+    "SumParams",
     "Meters",
     "NodePart",
     "NodePolicy",
@@ -101,6 +104,7 @@ __all__ = [
     "sign_decision",
     "sign_job",
     "spec_from_canonical",
+    "sum_params",
     "verify_decision",
     "verify_job",
 ]

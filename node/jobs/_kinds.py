@@ -33,7 +33,7 @@ class KindSchema:
 SCHEMAS: Mapping[str, KindSchema] = MappingProxyType({
     s.name: s
     for s in (
-        KindSchema("sum", 2, MAX_NODES, ("column",)),
+        KindSchema("sum", 2, MAX_NODES, ("aggregator", "columns", "bound", "paillier_n")),
         KindSchema("psi", 2, 2, ("key",), MappingProxyType({"output": "cardinality"})),
         KindSchema("intersection_sum", 2, 2, ("key", "value")),
         KindSchema("query", 1, 1, ("sql",)),

@@ -220,8 +220,9 @@ def check_submission(
                 f"column '{part.dataset}.{column}' is on this node's negative list "
                 f"(policy.deny_columns: {pattern!r}); remove it from the job"
             )
-    summed = spec.params.get("column") if spec.kind == "sum" else spec.params.get("value")
-    if key_column is not None and summed == key_column and summed in part.columns:
+    summed = (set(spec.params["columns"]) if spec.kind == "sum"
+              else {spec.params.get("value")})
+    if key_column is not None and key_column in summed and key_column in part.columns:
         raise PolicyDenied(
             f"column '{part.dataset}.{key_column}' is the dataset's subject identifier and "
             f"cannot be summed: the sum over a small set gives identifiers away"

@@ -21,6 +21,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -28,6 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from veil.node.errors import ApprovalRequired, InvalidInput, VerificationError
+from veil.node.jobs import _sum
 from veil.node.jobs._kinds import KINDS, MAX_NODES, SCHEMAS
 from veil.node.jobs._tariff import QUOTA_METERS, Quota
 
@@ -46,7 +48,10 @@ _NONCE = re.compile(r"[0-9a-f]{32}")
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
 
 _TOP_KEYS = ("purpose", "kind", "expires", "quota", "nodes", "params")
-_NODE_KEYS = ("name", "dataset", "columns")
+_NODE_KEYS = ("name", "dataset", "columns", "address")
+_NODE_REQUIRED = ("name", "dataset", "columns")
+_ADDRESS = re.compile(r"(?:[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\]):"
+                      r"([1-9][0-9]{0,4})")
 _CANONICAL_KEYS = frozenset(_TOP_KEYS) | {"v", "nonce", "analyst"}
 
 
@@ -60,6 +65,17 @@ def check_node_name(name: object, where: str) -> str:
             f"got {name!r}"
         )
     return name
+
+
+def check_address(address: object, where: str) -> str:
+    """host:port of a node (a name, an IPv4 address or a [bracketed] IPv6 address)."""
+    m = _ADDRESS.fullmatch(address) if isinstance(address, str) else None
+    if m is None or int(m.group(2)) > 65535:
+        raise InvalidInput(
+            f"{where}: expected host:port with a port 1-65535, like \"bank-a.example:7400\", "
+            f"got {address!r}"
+        )
+    return str(address)
 
 
 def check_identifier(name: object, where: str) -> str:
@@ -129,14 +145,19 @@ def _unknown_keys(table: Mapping[str, Any], allowed: Sequence[str], where: str) 
 
 @dataclass(frozen=True)
 class NodePart:
-    """What one node contributes to a job: a dataset of its catalog and the columns used."""
+    """What one node contributes to a job: a dataset of its catalog and the columns used, and
+    where the node is reached (jobs across nodes name every node's address; the address only
+    locates a node: peers are identified by their certificates)."""
 
     name: str
     dataset: str
     columns: tuple[str, ...]
+    address: str | None = None
 
     def __post_init__(self) -> None:
         check_node_name(self.name, "node name")
+        if self.address is not None:
+            check_address(self.address, f"node {self.name!r}: address")
         check_identifier(self.dataset, f"node {self.name!r}: dataset")
         if not isinstance(self.columns, tuple) or not self.columns:
             raise InvalidInput(f"node {self.name!r}: columns must be a non-empty list")
@@ -160,7 +181,7 @@ class JobSpec:
     expires: datetime
     quota: Quota
     nodes: tuple[NodePart, ...]
-    params: Mapping[str, str]
+    params: Mapping[str, Any]
     nonce: str
     analyst: str
 
@@ -197,10 +218,21 @@ class JobSpec:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise InvalidInput(f"nodes: node {duplicates[0]!r} appears twice; list each node once")
+        if schema.max_nodes > 1:
+            for n in self.nodes:
+                if n.address is None:
+                    raise InvalidInput(
+                        f"node {n.name!r}: address is required in a {self.kind} job (host:port "
+                        "where the node serves), so that the nodes can reach each other"
+                    )
 
-    def _checked_params(self) -> dict[str, str]:
+    def _checked_params(self) -> dict[str, Any]:
         if not isinstance(self.params, Mapping):
             raise InvalidInput(f"params: expected a table, got {type(self.params).__name__}")
+        if self.kind == "sum":
+            params = _sum.check(self.params, [n.name for n in self.nodes])
+            self._check_sum_columns(_sum.parse(params))
+            return params
         schema = SCHEMAS[self.kind]
         required, defaults = schema.required, dict(schema.defaults)
         allowed = required + tuple(defaults)
@@ -223,6 +255,24 @@ class JobSpec:
                 check_identifier(params[name], f"params.{name}")
         self._check_columns_used(params)
         return params
+
+    def _check_sum_columns(self, params: _sum.SumParams) -> None:
+        """A sum job's nodes list the columns it sums and groups by; others only for its
+        filter (least privilege: the node's sandbox sees no other column)."""
+        used = set(params.used_columns)
+        for part in self.nodes:
+            missing = sorted(used - set(part.columns))
+            if missing:
+                raise InvalidInput(
+                    f"node {part.name!r}: columns must include {missing[0]!r}, which this sum "
+                    "job uses"
+                )
+            extra = sorted(set(part.columns) - used)
+            if extra and params.where is None:
+                raise InvalidInput(
+                    f"node {part.name!r}: column {extra[0]!r} is not used by this sum job "
+                    f"(it uses: {', '.join(sorted(used))}); list only those"
+                )
 
     def _check_columns_used(self, params: dict[str, str]) -> None:
         """Non-query jobs list exactly the columns their params use: least privilege."""
@@ -271,12 +321,14 @@ def parse_job_toml(
     normalize_sql: Callable[[str], str],
     nonce: str | None = None,
     now: datetime | None = None,
+    base_dir: Path | None = None,
 ) -> JobSpec:
     """Validate a job file into a :class:`JobSpec`.
 
     ``analyst`` is the name the job is submitted under (from the analyst's certificate);
     ``normalize_sql`` is ``sandbox.normalize`` (applied to a ``query`` job's SQL before
-    it is signed); ``nonce`` (32 hex digits) is drawn at random when not given; ``now``
+    it is signed); ``base_dir`` is the job file's directory, against which a sum job's
+    ``paillier_key`` file is read; ``nonce`` (32 hex digits) is drawn at random when not given; ``now``
     defaults to the current time and decides whether ``expires`` is acceptable: after
     now, and no more than a year away.
     """
@@ -320,6 +372,16 @@ def parse_job_toml(
     if not isinstance(params, dict):
         raise InvalidInput(f"params: expected a [params] table, got {type(params).__name__}")
     params = dict(params)
+    if kind == "sum" and "paillier_key" in params:
+        if "paillier_n" in params:
+            raise InvalidInput("params: give paillier_key (a file) or paillier_n, not both")
+        if base_dir is None:
+            raise InvalidInput("params.paillier_key: a key file can only be read from a job file "
+                               "(give paillier_n, the modulus, instead)")
+        key = params.pop("paillier_key")
+        if not isinstance(key, str) or not key.strip():
+            raise InvalidInput("params.paillier_key: expected the path of a public key file")
+        params["paillier_n"] = str(_sum.read_public_key(base_dir / key))
     if kind == "query" and isinstance(params.get("sql"), str):
         if not params["sql"].strip():
             raise InvalidInput("params.sql: must not be empty")
@@ -341,7 +403,8 @@ _HINTS = {
     "kind": f": one of {', '.join(KINDS)}",
     "expires": ": an offset date-time like 2026-12-31T00:00:00Z",
     "quota": ": a [quota] table with at least runs = 1",
-    "nodes": ": one [[nodes]] table per node (name, dataset, columns)",
+    "nodes": ": one [[nodes]] table per node (name, dataset, columns; address for jobs "
+             "across nodes)",
 }
 
 
@@ -370,9 +433,11 @@ def _nodes_from_toml(entries: object) -> tuple[NodePart, ...]:
     for i, entry in enumerate(entries):
         where = f"nodes[{i}]"
         _unknown_keys(entry, _NODE_KEYS, where)
-        for key in _NODE_KEYS:
+        for key in _NODE_REQUIRED:
             if key not in entry:
                 raise InvalidInput(f"{where}.{key}: required")
+        if "address" in entry:
+            check_address(entry["address"], f"{where}.address")
         check_node_name(entry["name"], f"{where}.name")
         check_identifier(entry["dataset"], f"{where}.dataset")
         columns = entry["columns"]
@@ -380,7 +445,8 @@ def _nodes_from_toml(entries: object) -> tuple[NodePart, ...]:
             raise InvalidInput(f"{where}.columns: expected a non-empty list of column names")
         for column in columns:
             check_identifier(column, f"{where}.columns")
-        parts.append(NodePart(entry["name"], entry["dataset"], tuple(columns)))
+        parts.append(NodePart(entry["name"], entry["dataset"], tuple(columns),
+                              entry.get("address")))
     return tuple(parts)
 
 
@@ -396,11 +462,16 @@ def _to_json_obj(spec: JobSpec) -> dict[str, Any]:
         "kind": spec.kind,
         "expires": format_time(spec.expires),
         "quota": spec.quota.to_dict(),
-        "nodes": [
-            {"name": n.name, "dataset": n.dataset, "columns": list(n.columns)} for n in spec.nodes
-        ],
+        "nodes": [_node_obj(n) for n in spec.nodes],
         "params": dict(spec.params),
     }
+
+
+def _node_obj(n: NodePart) -> dict[str, Any]:
+    obj: dict[str, Any] = {"name": n.name, "dataset": n.dataset, "columns": list(n.columns)}
+    if n.address is not None:  # absent, not null, so that older jobs keep their bytes
+        obj["address"] = n.address
+    return obj
 
 
 def dump_canonical(obj: Any) -> bytes:
@@ -455,10 +526,13 @@ def spec_from_canonical(data: bytes) -> JobSpec:
         )
     nodes = obj["nodes"]
     if not isinstance(nodes, list) or not all(
-        isinstance(n, dict) and set(n) == set(_NODE_KEYS) and isinstance(n["columns"], list)
+        isinstance(n, dict) and set(_NODE_REQUIRED) <= set(n) <= set(_NODE_KEYS)
+        and isinstance(n["columns"], list)
         for n in nodes
     ):
-        raise InvalidInput("job: nodes must be objects with exactly name, dataset, columns")
+        raise InvalidInput(
+            "job: nodes must be objects with exactly name, dataset, columns and an optional address"
+        )
     params = obj["params"]
     if not isinstance(params, dict):
         raise InvalidInput("job: params must be an object")
@@ -467,7 +541,8 @@ def spec_from_canonical(data: bytes) -> JobSpec:
         kind=obj["kind"],
         expires=parse_time(obj["expires"], "expires"),
         quota=Quota.from_dict(obj["quota"]),
-        nodes=tuple(NodePart(n["name"], n["dataset"], tuple(n["columns"])) for n in nodes),
+        nodes=tuple(NodePart(n["name"], n["dataset"], tuple(n["columns"]), n.get("address"))
+                    for n in nodes),
         params=params,
         nonce=obj["nonce"],
         analyst=obj["analyst"],

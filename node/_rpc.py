@@ -35,7 +35,7 @@ from google.protobuf.message import DecodeError, Message
 from veil.node import bounds
 from veil.node.errors import PolicyDenied, Unauthenticated, VeilError
 from veil.node.grants import Grants
-from veil.node.jobs import Meters
+from veil.node.jobs import JobSpec, Meters
 from veil.node.log import Effect, EntryTooLarge, Log, Receipt
 from veil.node.pki import Identity, TrustStore
 
@@ -83,6 +83,8 @@ class Rpc:
     roles: frozenset[str]
     handler: Handler
     kind: str | None = None
+    #: for a compute method served to peers: the node a job lets call it (its aggregator)
+    peer: Callable[[JobSpec], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,7 @@ class Gate:
                 raise TypeError(f"{call.method} returned a compute outcome without a grant")
             return result
         call.job_id = request.job_id
-        grant = self.grants.admit(request.job_id, call.identity, kind)
+        grant = self.grants.admit(request.job_id, call.identity, kind, m.rpc.peer)
         outcome = m.rpc.handler(request, call, grant)
         if not isinstance(outcome, Outcome):
             raise TypeError(f"{call.method} is a {kind} method and must return an Outcome")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -55,6 +56,7 @@ from veil.node.jobs import (
     verify_decision,
     verify_job,
 )
+from veil.node.federation import check_peer
 from veil.node.log import Effect, Log, event
 from veil.node.pki import APPROVER_ROLES, Identity
 
@@ -311,12 +313,23 @@ class Grants:
 
     # -- enforcement ---------------------------------------------------------------
 
-    def admit(self, job: str, caller: Identity, kind: str) -> Grant:
-        """Everything that must hold before a compute call touches data; one place."""
-        if caller.role != "analyst":
+    def admit(self, job: str, caller: Identity, kind: str,
+              peer: Callable[[JobSpec], str] | None = None) -> Grant:
+        """Everything that must hold before a compute call touches data; one place.
+
+        The caller is the job's analyst, or, for a method that serves peers (``peer`` names
+        the node a job lets call it, e.g. its aggregator), exactly that node. Either way the
+        job must be approved here, unexpired, unrevoked and within its quota.
+        """
+        if caller.role == "node" and peer is not None:
+            with self.lock:
+                found = self.get(job)
+            check_peer(caller, peer(found.spec))
+        elif caller.role != "analyst":
             raise PolicyDenied(f"only the job's analyst may run it, not a {caller.role!r}")
-        with self.lock:
-            found = self.get(job)
+        else:
+            with self.lock:
+                found = self.get(job)
         _check_runnable(found, caller, kind)
         found.quota.check(found.used, Meters(runs=1))
         return Grant(found)
@@ -324,6 +337,8 @@ class Grants:
     def charge(self, grant: Grant, caller: Identity, method: str, meters: Meters) -> Effect:
         """The effect that charges ``meters`` to the job, atomically with the log entry."""
         job = grant.id
+
+        analyst = grant.spec.analyst  # also when the job's aggregator made the call for them
 
         def effect(tx: sqlite3.Connection, index: int) -> None:
             current = self.get(job, tx)
@@ -334,7 +349,7 @@ class Grants:
             tx.execute(
                 "INSERT INTO usage(log_index, time, analyst, job_id, method, meters_json)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (index, json.loads(entry)["t"], caller.name, job, method,
+                (index, json.loads(entry)["t"], analyst, job, method,
                  json.dumps(meters.to_dict(), sort_keys=True)),
             )
             tx.execute(
@@ -369,7 +384,7 @@ def statement_total(lines: list[dict[str, Any]]) -> Decimal:
 
 
 def _check_runnable(job: JobView, caller: Identity, kind: str) -> None:
-    if job.spec.analyst != caller.name:
+    if caller.role == "analyst" and job.spec.analyst != caller.name:
         raise PolicyDenied(
             f"job {job.id} belongs to analyst {job.spec.analyst!r}; {caller.name!r} may not run it"
         )

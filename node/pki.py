@@ -509,7 +509,7 @@ def issue(
     hosts = tuple(hosts)
     if hosts and role != "node":
         raise InvalidInput(f"hosts are only for node certificates, not for role {role!r}")
-    san_entries = _san_entries(hosts) if role == "node" else []
+    san_entries = _san_entries(hosts, name) if role == "node" else []
     _refuse_existing_identity(out_dir)
 
     fed, ca_cert, ca_key = _load_ca(federation_dir)
@@ -600,8 +600,19 @@ def issue(
     )
 
 
-def _san_entries(hosts: tuple[str, ...]) -> list[x509.GeneralName]:
+#: every node certificate also names its node as ``<name>.nodes.veil``, so that a caller can
+#: make the TLS handshake itself check *which* node answers (``channel(..., node=NAME)``)
+NODE_NAME_SUFFIX = ".nodes.veil"
+
+
+def node_host(name: str) -> str:
+    """The TLS name of node ``name``: what a caller expects to find in its certificate."""
+    return f"{name.lower()}{NODE_NAME_SUFFIX}"
+
+
+def _san_entries(hosts: tuple[str, ...], name: str) -> list[x509.GeneralName]:
     entries: list[x509.GeneralName] = [
+        x509.DNSName(node_host(name)),
         x509.DNSName("localhost"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("::1")),

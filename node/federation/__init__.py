@@ -14,12 +14,17 @@ from datetime import UTC, datetime
 import grpc
 
 from veil.node import bounds, pki
-from veil.node.errors import InvalidInput, PolicyDenied, Unauthenticated
+from veil.node.errors import InvalidInput, PolicyDenied, Unauthenticated, VeilError
 
 
 
-def channel(address: str, identity: pki.LocalIdentity) -> grpc.Channel:
-    """An mTLS channel to ``address`` (HOST:PORT) authenticated as ``identity``."""
+def channel(address: str, identity: pki.LocalIdentity, node: str | None = None) -> grpc.Channel:
+    """An mTLS channel to ``address`` (HOST:PORT) authenticated as ``identity``.
+
+    With ``node``, the TLS handshake also checks that the server's certificate is node
+    ``node``'s (it names ``<node>.nodes.veil``, see ``pki.node_host``), so an address that
+    points at another node of the federation fails to connect rather than answer for it.
+    """
     if ":" not in address:
         raise InvalidInput(f"node address must be HOST:PORT, got {address!r}")
     expires = identity.identity.not_after
@@ -34,14 +39,24 @@ def channel(address: str, identity: pki.LocalIdentity) -> grpc.Channel:
         private_key=identity.read_tls_key(),
         certificate_chain=identity.read_tls_cert(),
     )
-    return grpc.secure_channel(
-        address,
-        credentials,
-        options=[
-            ("grpc.max_receive_message_length", bounds.GRPC_MAX_RECEIVE),
-            ("grpc.max_send_message_length", bounds.GRPC_MAX_RECEIVE),
-        ],
-    )
+    options: list[tuple[str, int | str]] = [
+        ("grpc.max_receive_message_length", bounds.GRPC_MAX_RECEIVE),
+        ("grpc.max_send_message_length", bounds.GRPC_MAX_RECEIVE),
+    ]
+    if node is not None:
+        options.append(("grpc.ssl_target_name_override", pki.node_host(node)))
+    return grpc.secure_channel(address, credentials, options=options)
+
+
+def wrong_node(exc: grpc.RpcError, address: str, node: str) -> VeilError | None:
+    """The clear error for a handshake that found another node's certificate at ``address``."""
+    details = exc.details() or ""  # type: ignore[attr-defined]
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and "hostname verification" in details.lower():  # type: ignore[attr-defined]
+        return PolicyDenied(
+            f"the node at {address} is not {node!r}: its certificate does not name it "
+            "(a peer is identified by its certificate, not its address); check the address"
+        )
+    return None
 
 
 def check_peer(peer: pki.Identity, expected_node: str) -> None:

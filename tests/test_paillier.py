@@ -127,8 +127,10 @@ def test_derived_base_is_an_nth_residue_that_phe_decrypts_as_zero() -> None:
     assert SK1024.raw_decrypt(int(h_s)) == 0
 
 
-@pytest.mark.parametrize("m", [0, 1, 2**64 + 7, P1024 * Q1024 - 1])
-@pytest.mark.parametrize("a", [0, 1, 2**512 - 1, random.Random(12).getrandbits(512)])
+@pytest.mark.parametrize("m", [0, 1, 2**64 + 7, P1024 * Q1024 - 1],
+                         ids=["0", "1", "2^64+7", "n-1"])
+@pytest.mark.parametrize("a", [0, 1, 2**512 - 1, random.Random(12).getrandbits(512)],
+                         ids=["0", "1", "2^512-1", "random"])
 def test_known_answer_ciphertext_with_fixed_exponent(enc: Encryptor, m: int, a: int) -> None:
     c = enc._encrypt_with_exponent(m, a)
     assert c == reference_encrypt(PK1024.n, m, a)
@@ -292,7 +294,7 @@ def _prime(bits: int, seed: int) -> int:
     (65521 * _prime(2040, 3), "prime factor below 65536"),
     (3 * _prime(2047, 4), "prime factor below"),
     (_prime(2048, 5), "is prime"),
-])
+], ids=["even", "square", "cube", "factor-65521", "factor-3", "prime"])
 def test_invalid_modulus_is_refused(n: int, reason: str) -> None:
     with pytest.raises(InvalidPublicKey, match=reason):
         Encryptor(phe.PaillierPublicKey(n))
@@ -322,7 +324,7 @@ def test_tampered_or_foreign_key_objects_are_refused() -> None:
     (1.5, "must be an integer, got float"),
     (True, "got bool"),
     ("12", "got str"),
-])
+], ids=["zero", "negative", "n-squared", "multiple-of-p", "q", "float", "bool", "str"])
 def test_bad_ciphertext_is_refused_everywhere(
         enc: Encryptor, dec: Decryptor, c: object, message: str) -> None:
     good = enc.encrypt(1)
@@ -340,7 +342,7 @@ def test_bad_ciphertext_is_refused_everywhere(
     (2**5000, "got a 5001-bit value"),
     (0.5, "must be an integer, got float"),
     (None, "must be an integer, got NoneType"),
-])
+], ids=["negative", "n", "huge", "float", "None"])
 def test_plaintext_out_of_range_is_refused_before_any_encryption(
         enc: Encryptor, m: object, message: str) -> None:
     with pytest.raises(PlaintextOutOfRange, match=message):

@@ -60,6 +60,11 @@ hp = L_p(g^(p-1) mod p^2)^-1 = (-q)^-1 mod p for g = n + 1 (likewise for q), the
 m = m_p + p·((m_q - m_p)·p^-1 mod q). This is what phe's ``raw_decrypt`` also does; the gain
 is in precomputed gmpy2 values and in skipping phe's encoding layer.
 
+Not constant-time: like phe's (and GMP's ``mpz_powm``) exponentiation, the table lookups
+and the skipped zero digits depend on the secret exponent, so timing reveals something about
+it to an observer on the same machine; the semi-honest model of DESIGN.md accepts this for a
+node's own host, as phe does.
+
 Everything that takes input validates it and raises a subclass of
 ``veil.protocols.errors.ProtocolInputError`` (a ``ValueError``) naming what was expected.
 """
@@ -388,6 +393,11 @@ class Encryptor:
         """The same plaintext under fresh randomness: c · h_s^a mod n^2."""
         value = self.check_ciphertext(c)
         return int(value * self._take_obfuscator() % self.nsquare)
+
+    def rerandomize_all(self, ciphertexts: Iterable[object]) -> list[int]:
+        """``rerandomize`` each (all are checked before any is touched)."""
+        values = [self.check_ciphertext(c) for c in ciphertexts]
+        return [int(v * self._take_obfuscator() % self.nsquare) for v in values]
 
 
 def _check_ciphertext(c: object, n: mpz, nsquare: mpz, key_bits: int) -> int:

@@ -241,19 +241,23 @@ def test_add_many_scalar_mul_and_add_vectors(enc: Encryptor, dec: Decryptor) -> 
         enc.add_many([])
 
 
-ints_1024 = st.integers(min_value=-(10**30), max_value=10**30)
+BOUND = 10**30
+slot_values = st.one_of(st.sampled_from([-BOUND, BOUND, 0, -1, 1]),
+                        st.integers(min_value=-BOUND, max_value=BOUND))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(a=st.lists(ints_1024, min_size=1, max_size=30), data=st.data())
+@given(addends=st.integers(1, 5), count=st.integers(1, 40), data=st.data())
 def test_property_dec_of_sum_of_packed_encryptions_is_sum(
-        enc: Encryptor, dec: Decryptor, a: list[int], data: st.DataObject) -> None:
-    b = data.draw(st.lists(ints_1024, min_size=len(a), max_size=len(a)))
-    spec = Packing.for_key(PK1024, lower=-(10**30), upper=10**30, addends=2)
-    ca, cb = enc.encrypt_all(spec.pack(a)), enc.encrypt_all(spec.pack(b))
-    total = [enc.rerandomize(enc.add(x, y)) for x, y in zip(ca, cb, strict=True)]
-    assert spec.unpack(dec.decrypt_many(total), len(a)) == [
-        Fraction(x + y) for x, y in zip(a, b, strict=True)]
+        enc: Encryptor, dec: Decryptor, addends: int, count: int,
+        data: st.DataObject) -> None:
+    vectors = [data.draw(st.lists(slot_values, min_size=count, max_size=count))
+               for _ in range(addends)]
+    spec = Packing.for_key(PK1024, lower=-BOUND, upper=BOUND, addends=addends)
+    encrypted = [enc.encrypt_all(spec.pack(v)) for v in vectors]
+    total = enc.rerandomize_all(enc.add_vectors(encrypted))
+    assert spec.unpack(dec.decrypt_many(total), count) == [
+        Fraction(sum(col)) for col in zip(*vectors, strict=True)]
 
 
 @pytest.mark.parametrize("value", ["-5000.25", "0", "5000.25", "-0.01", "0.01"])

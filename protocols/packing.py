@@ -55,12 +55,31 @@ MAX_DIGITS = 30
 """Most fractional decimal digits a spec may declare."""
 MAX_BOUND_DIGITS = 60
 """Most significant decimal digits of a declared bound."""
+MAX_TEXT = 100
+"""Most characters of a decimal string, and most significant digits of a ``Decimal``, read:
+a value like ``Decimal("1E999999999")`` is judged from its exponent, never expanded."""
 
 Value = int | Fraction | Decimal | float | str | None
 Rounding = Literal["exact", "half_even"]
 
 
-def _fraction(value: object, what: str) -> Fraction:
+def _parse_decimal(value: Decimal | str) -> Decimal | str:
+    """Parse without expanding: bounded text and digits, finite. Returns the Decimal, or a
+    reason ("expected ...") why the value is not acceptable."""
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        return f"expected a decimal number of at most {MAX_TEXT} characters"
+    try:
+        d = Decimal(value)
+    except InvalidOperation:
+        return "expected a decimal number"
+    if not d.is_finite():
+        return "expected a finite number, got NaN or infinity"
+    if len(d.as_tuple().digits) > MAX_TEXT:
+        return f"expected at most {MAX_TEXT} significant digits"
+    return d
+
+
+def _fraction(value: object, what: str, digits: int = MAX_DIGITS) -> Fraction:
     """An exact Fraction for a bound; floats at their shortest repr."""
     if isinstance(value, bool):
         raise PackingError(f"{what} must be a number, got bool")
@@ -71,12 +90,16 @@ def _fraction(value: object, what: str) -> Fraction:
             raise PackingError(f"{what} must be finite, got {value!r}")
         return Fraction(Decimal(repr(value)))
     if isinstance(value, Decimal | str):
-        try:
-            d = Decimal(value)
-        except InvalidOperation:
-            raise PackingError(f"{what} must be a decimal number") from None
-        if not d.is_finite():
-            raise PackingError(f"{what} must be finite")
+        d = _parse_decimal(value)
+        if isinstance(d, str):
+            raise PackingError(f"{what}: {d}")
+        if d.is_zero():
+            return Fraction(0)
+        if d.adjusted() >= MAX_BOUND_DIGITS:
+            raise PackingError(f"{what} has more than {MAX_BOUND_DIGITS} digits")
+        if d.adjusted() < -(digits + 1):
+            raise PackingError(
+                f"{what} has more than {digits} fractional digits, the declared precision")
         return Fraction(d)
     try:
         return Fraction(operator.index(cast(SupportsIndex, value)))
@@ -156,8 +179,9 @@ class Packing:
         """A spec from bounds given as ints, decimal strings, Decimals, Fractions or floats."""
         if lower is None or upper is None:
             raise PackingError("lower and upper bounds are required")
-        return cls(_fraction(lower, "lower bound"), _fraction(upper, "upper bound"), digits,
-                   addends, plaintext_bits)
+        places = digits if isinstance(digits, int) and 0 <= digits <= MAX_DIGITS else MAX_DIGITS
+        return cls(_fraction(lower, "lower bound", places),
+                   _fraction(upper, "upper bound", places), digits, addends, plaintext_bits)
 
     @classmethod
     def for_key(cls, public_key: PaillierPublicKey, *, lower: Value, upper: Value,
@@ -189,13 +213,7 @@ class Packing:
         elif isinstance(value, Fraction):
             exact = value * self.scale
         elif isinstance(value, Decimal | str):
-            try:
-                d = Decimal(value)
-            except InvalidOperation:
-                raise SlotOutOfBounds(slot, "expected a decimal number") from None
-            if not d.is_finite():
-                raise SlotOutOfBounds(slot, "expected a finite number, got NaN or infinity")
-            exact = Fraction(d) * self.scale
+            exact = self._decimal_scaled(slot, value, rounding)
         else:
             try:
                 exact = Fraction(operator.index(cast(SupportsIndex, value)) * self.scale)
@@ -216,6 +234,24 @@ class Packing:
         if offset > self.span:
             raise SlotOutOfBounds(slot, f"above the upper bound {_show(self.upper)}")
         return offset
+
+    def _decimal_scaled(self, slot: int, value: Decimal | str, rounding: Rounding) -> Fraction:
+        """value · scale, judged from the exponent first so that no huge number is built."""
+        d = _parse_decimal(value)
+        if isinstance(d, str):
+            raise SlotOutOfBounds(slot, d)
+        if d.is_zero():
+            return Fraction(0)
+        if d.adjusted() >= MAX_BOUND_DIGITS:  # |d| >= 10^60 > |any bound|
+            raise SlotOutOfBounds(slot, f"below the lower bound {_show(self.lower)}"
+                                  if d < 0 else f"above the upper bound {_show(self.upper)}")
+        if d.adjusted() < -(self.digits + 1):  # |d · scale| < 0.1: rounds to 0
+            if rounding == "exact":
+                raise SlotOutOfBounds(
+                    slot, f"has more than {self.digits} fractional digits, the declared "
+                    "precision (round it, or pack with rounding='half_even')")
+            return Fraction(0)
+        return Fraction(d) * self.scale
 
     def _values(self, values: object) -> list[object]:
         try:

@@ -59,7 +59,9 @@ def test_bounds_too_wide_for_the_key_are_refused_at_spec_time() -> None:
     ({"lower": 0, "upper": 1, "digits": 31}, r"digits must be in \[0, 30\]"),
     ({"lower": 0, "upper": 1, "digits": -1}, "digits must be in"),
     ({"lower": float("nan"), "upper": 1}, "must be finite"),
-    ({"lower": "x", "upper": 1}, "lower bound must be a decimal number"),
+    ({"lower": "x", "upper": 1}, "lower bound: expected a decimal number"),
+    ({"lower": "NaN", "upper": 1}, "lower bound: expected a finite number"),
+    ({"lower": 0, "upper": "9" * 101}, "upper bound: expected a decimal number of at most 100"),
     ({"lower": None, "upper": 1}, "bounds are required"),
     ({"lower": 0, "upper": True}, "got bool"),
     ({"lower": 0, "upper": 10**70}, "more than 60 digits"),
@@ -231,3 +233,28 @@ def test_every_packing_refusal_is_a_value_error() -> None:
     assert issubclass(SlotOutOfBounds, PackingError)
     assert issubclass(PackingError, ProtocolInputError)
     assert issubclass(PackingError, ValueError)
+
+
+@pytest.mark.parametrize("value, message", [
+    (Decimal("1E999999999"), "slot 0: above the upper bound 100"),
+    ("-1e999999999", "slot 0: below the lower bound -100"),
+    (Decimal("1E-999999999"), "slot 0: has more than 2 fractional digits"),
+    ("1" * 10_000, "slot 0: expected a decimal number of at most 100 characters"),
+])
+def test_pack_with_huge_decimal_exponent_or_length_is_refused_without_expanding_it(
+        value: object, message: str) -> None:
+    spec = Packing.create(lower=-100, upper=100, digits=2, addends=2, plaintext_bits=BITS)
+    with pytest.raises(SlotOutOfBounds, match=message):
+        spec.pack([value])
+    assert spec.unpack(spec.pack([Decimal("1E-999999999")], rounding="half_even"), 1, 1) == [0]
+
+
+@pytest.mark.parametrize("bound, message", [
+    (Decimal("1E999999999"), "more than 60 digits"),
+    ("1e-999999999", "more than 2 fractional digits"),
+])
+def test_spec_with_huge_decimal_bound_is_refused_without_expanding_it(
+        bound: object, message: str) -> None:
+    with pytest.raises(PackingError, match=message):
+        Packing.create(lower=-1, upper=bound, digits=2, addends=2,  # type: ignore[arg-type]
+                       plaintext_bits=BITS)

@@ -95,6 +95,8 @@ class Outcome:
     meters: Meters
     datasets: tuple[str, ...]
     digest: str
+    #: more state the call writes, committed with its log entry (after the charge)
+    effect: Effect | None = None
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,8 @@ class Gate:
         call.datasets = list(outcome.datasets)
         call.meters = outcome.meters.to_dict()
         call.result_sha256 = outcome.digest
-        call.effect = self.grants.charge(grant, call.identity, call.method, outcome.meters)
+        charge = self.grants.charge(grant, call.identity, call.method, outcome.meters)
+        call.effect = charge if outcome.effect is None else _both(charge, outcome.effect)
         return outcome.response
 
     def _unary(self, full: str, m: Method) -> Callable[[bytes, grpc.ServicerContext], Message]:
@@ -257,6 +260,14 @@ class Gate:
         except VeilError as exc:
             call.result_sha256 = None
             return self.log.append(call_record(call, exc)), exc
+
+
+def _both(first: Effect, second: Effect) -> Effect:
+    def effect(tx: Any, index: int) -> None:
+        first(tx, index)
+        second(tx, index)
+
+    return effect
 
 
 class _Internal(VeilError):

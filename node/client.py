@@ -33,6 +33,8 @@ from veil.v1 import (
     node_pb2_grpc,
     query_pb2,
     query_pb2_grpc,
+    sum_pb2,
+    sum_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
 )
@@ -42,10 +44,13 @@ from veil.node._convert import dataset_version_from_proto, meters_from_proto, qu
 from veil.node._rpc import TRAILER_CHECKPOINT, TRAILER_INDEX
 from veil.node.catalog import DatasetVersion
 from veil.node.errors import (
+    InvalidInput,
     VeilError,
     VerificationError,
     remote_error,
 )
+
+from veil.node.jobs import SumTotals
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -116,8 +121,8 @@ class JobInfo:
             meters_from_proto(j.used), j.expires, j.revoked_reason,
             json.loads(j.estimate_json) if j.estimate_json else {},
             dict(spec.params),
-            tuple({"name": p.name, "dataset": p.dataset, "columns": list(p.columns)}
-                  for p in spec.nodes),
+            tuple({"name": p.name, "dataset": p.dataset, "columns": list(p.columns),
+                   **({"address": p.address} if p.address else {})} for p in spec.nodes),
             bytes(j.canonical),
         )
 
@@ -164,7 +169,10 @@ class Client:
         identity: Path | str | pki.LocalIdentity,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        node: str | None = None,
     ) -> None:
+        """``node``: the name the server's certificate must carry (checked in the TLS
+        handshake), for callers that know which node they mean to reach."""
         self.address = address
         self.identity = (
             identity
@@ -172,13 +180,15 @@ class Client:
             else pki.load_identity(Path(identity).expanduser())
         )
         self.timeout = timeout
-        self._channel = federation.channel(address, self.identity)
+        self._channel = federation.channel(address, self.identity, node=node)
+        self._expected_node = node
         self._node = node_pb2_grpc.NodeServiceStub(self._channel)
         self._catalog = catalog_pb2_grpc.CatalogServiceStub(self._channel)
         self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._usage = usage_pb2_grpc.UsageServiceStub(self._channel)
         self._query = query_pb2_grpc.QueryServiceStub(self._channel)
+        self._sum = sum_pb2_grpc.SumServiceStub(self._channel)
         self._node_name: str | None = None
         self.last_receipt: CallReceipt | None = None
 
@@ -208,6 +218,10 @@ class Client:
             )
 
     def _error(self, exc: grpc.RpcError) -> VeilError:
+        if self._expected_node is not None:
+            wrong = federation.wrong_node(exc, self.address, self._expected_node)
+            if wrong is not None:
+                return wrong
         self._receipt(exc.trailing_metadata())  # type: ignore[attr-defined]
         code = exc.code()  # type: ignore[attr-defined]
         return remote_error(code.name, exc.details() or "", self.address)  # type: ignore[attr-defined]
@@ -298,9 +312,10 @@ class Client:
                       jobs_pb2.SignedJob(canonical=signed.canonical, signature=signed.signature))
         return JobInfo.from_proto(r)
 
-    def submit_job(self, toml_text: str) -> JobInfo:
-        """Parse, normalize, sign (with this identity's key) and submit a job spec."""
-        return self.submit_signed(sign_job_text(toml_text, self.identity))
+    def submit_job(self, toml_text: str, *, base_dir: Path | None = None) -> JobInfo:
+        """Parse, normalize, sign (with this identity's key) and submit a job spec;
+        ``base_dir`` is the job file's directory (for a sum job's ``paillier_key``)."""
+        return self.submit_signed(sign_job_text(toml_text, self.identity, base_dir=base_dir))
 
     def jobs(self, *, analyst: str = "", state: str = "") -> list[JobInfo]:
         r = self.call(self._jobs.ListJobs, jobs_pb2.ListJobsRequest(analyst=analyst, state=state))
@@ -348,6 +363,42 @@ class Client:
             r.result_sha256, tuple(r.dataset_versions),
         )
 
+    def run_sum(self, job_id: str, key: Any) -> SumTotals:
+        """Run an approved sum job once at its aggregator (this client's node) and decrypt
+        the totals with the analyst's Paillier private key (``veil.node.keys.load_private``).
+        Every node's receipt comes back with them, this node's from the call's trailers."""
+        import numpy
+
+        from veil.node.jobs import spec_from_canonical, sum_params
+        from veil.node.jobs._sum import decode
+        from veil.protocols.paillier import Decryptor, ciphertext_from_bytes
+
+        info = self.job(job_id)
+        spec = spec_from_canonical(info.canonical)
+        p = sum_params(spec.params)
+        if key.public_key.n != p.paillier_n:
+            raise InvalidInput(f"the key given is not the one job {job_id} encrypts to")
+        r = self.call(self._sum.RunSum, sum_pb2.RunSumRequest(job_id=job_id))
+        pub = key.public_key
+        sums, counts, flags = ([ciphertext_from_bytes(pub, bytes(b)) for b in v]
+                               for v in (r.sums, r.counts, r.withheld))
+        totals, rows, withheld = decode(p, len(spec.nodes), sums, counts, flags, Decryptor(key))
+        own = self.last_receipt
+        receipts = [{"node": n.node, "log_index": n.receipt.log_index,
+                     "checkpoint": n.receipt.checkpoint} for n in r.receipts]
+        if own is not None:
+            receipts.insert(0, {"node": p.aggregator, "log_index": own.log_index,
+                                "checkpoint": own.checkpoint})
+        return SumTotals(
+            run_id=r.run_id,
+            groups=p.categories or ("total",),
+            totals={c: numpy.array([g[i] for g in totals], dtype=object)
+                    for i, c in enumerate(p.columns)},
+            counts=numpy.array(rows, dtype=numpy.int64),
+            withheld=numpy.array(withheld, dtype=numpy.int64),
+            receipts=tuple(receipts),
+        )
+
     # -- usage ---------------------------------------------------------------------
 
     def statement(self, analyst: str = "", start: str = "", end: str = "") -> Statement:
@@ -362,10 +413,37 @@ class Client:
         )
 
 
-def sign_job_text(toml_text: str, identity: pki.LocalIdentity) -> Any:
+def submit_everywhere(toml_text: str, identity: Path | str | pki.LocalIdentity, *,
+                      base_dir: Path | None = None) -> dict[str, JobInfo | VeilError]:
+    """Sign a job once and submit the same signed job to every node it names, at the
+    address the job gives, checking each node's certificate; the id is the same everywhere.
+    Returns each node's answer: its view of the job, or why it refused it."""
+    from veil.node.jobs import job_id, spec_from_canonical
+
+    ident = identity if isinstance(identity, pki.LocalIdentity) else pki.load_identity(
+        Path(identity).expanduser())
+    signed = sign_job_text(toml_text, ident, base_dir=base_dir)
+    spec = spec_from_canonical(signed.canonical)
+    out: dict[str, JobInfo | VeilError] = {}
+    for part in spec.nodes:
+        if part.address is None:
+            out[part.name] = InvalidInput(f"the job gives no address for node {part.name!r}")
+            continue
+        try:
+            with Client(part.address, ident, node=part.name) as c:
+                out[part.name] = c.submit_signed(signed)
+        except VeilError as exc:
+            out[part.name] = exc
+    assert all(isinstance(v, VeilError) or v.id == job_id(signed) for v in out.values())
+    return out
+
+
+def sign_job_text(toml_text: str, identity: pki.LocalIdentity, *,
+                  base_dir: Path | None = None) -> Any:
     """A job spec file's text → a SignedJob by ``identity`` (SQL normalized by DuckDB)."""
     from veil.node.jobs import parse_job_toml, sign_job
     from veil.node.queries import normalize
 
-    spec = parse_job_toml(toml_text, analyst=identity.identity.name, normalize_sql=normalize)
+    spec = parse_job_toml(toml_text, analyst=identity.identity.name, normalize_sql=normalize,
+                          base_dir=base_dir)
     return sign_job(spec, identity)  # type: ignore[arg-type]

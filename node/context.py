@@ -13,7 +13,7 @@ from veil.node.grants import Grants
 from veil.node.home import NodeHome
 from veil.node.jobs import check_analyst
 from veil.node.log import Log
-from veil.node.pki import Identity
+from veil.node.pki import Identity, TrustStore
 
 VERSION = "0.1.0"
 
@@ -25,6 +25,7 @@ class NodeContext:
     home: NodeHome
     log: Log
     conn: sqlite3.Connection = field(repr=False)
+    trust: TrustStore = field(repr=False)  # the federation's CA and revocations (the gate's)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     grants: Grants = field(init=False, repr=False)
     workers: sandbox.Workers = field(init=False, repr=False)  # where queries run
@@ -32,6 +33,7 @@ class NodeContext:
     def __post_init__(self) -> None:
         self.grants = Grants(self.conn, self.lock, self.log, self.home.config, self.home.snapshots)
         self.workers = sandbox.Workers(self.home.config.workers)
+
 
     @property
     def name(self) -> str:

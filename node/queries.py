@@ -10,7 +10,7 @@ exact inputs from the log entry.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +46,19 @@ def inputs(spec: JobSpec, node: str, ds: DatasetVersion, snapshots: Path,
     part = spec.part(node)
     if part is None:
         raise InvalidInput(f"the job has no part for node {node!r}")
-    allowed = set(part.columns) | {ds.key_column}
+    return inputs_for(spec.params["sql"], part.columns, ds, snapshots, config)
+
+
+def inputs_for(sql: str, columns_used: Sequence[str], ds: DatasetVersion, snapshots: Path,
+               config: NodeConfig) -> QueryInputs:
+    """``sql`` over ``ds`` as a job may see it: its approved columns and the subject key."""
+    allowed = set(columns_used) | {ds.key_column}
     columns = tuple(
         sandbox.Column(c.name, c.type, c.level) for c in ds.columns if c.name in allowed
     )
     policy = config.policy
     return QueryInputs(
-        sql=spec.params["sql"],
+        sql=sql,
         table=sandbox.Table(ds.name, str(ds.snapshot_path(snapshots).resolve()), columns,
                             ds.key_column),
         policy=sandbox.Policy(

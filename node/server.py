@@ -62,7 +62,7 @@ def start(node_dir: Path, listen: str | None = None, *, workers: int = 32) -> Ru
     identity = home.identity
     trust = home.trust()
     node_log = home.open_log()
-    ctx = NodeContext(home=home, log=node_log, conn=home.connect())
+    ctx = NodeContext(home=home, log=node_log, conn=home.connect(), trust=trust)
     gate = Gate(trust, node_log, ctx.deny, ctx.grants)
 
     server = grpc.server(

@@ -15,6 +15,18 @@ from pathlib import Path
 
 SCHEMA_VERSION = 1
 
+#: tables added after the first release: created on every writable open (idempotent)
+_ADDED = """
+-- The salt of each sum part's commitment (the log holds only the commitment).
+CREATE TABLE IF NOT EXISTS sum_parts (
+    log_index INTEGER PRIMARY KEY,
+    job_id    TEXT NOT NULL,
+    run_id    TEXT NOT NULL,
+    salt      BLOB NOT NULL,
+    UNIQUE (job_id, run_id)
+);
+"""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -88,7 +100,9 @@ CREATE TABLE IF NOT EXISTS job_usage (
     meters_json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS usage_by_analyst ON usage (analyst, time);
-"""
+""" + _ADDED
+
+
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -100,6 +114,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(_ADDED)
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn

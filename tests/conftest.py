@@ -196,3 +196,68 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_EXIT_STATUS[-1])
+
+
+# --------------------------------------------------------------------------- federations of nodes
+
+
+@dataclass
+class Member:
+    """One running node of a test federation."""
+
+    name: str
+    home: NodeHome
+    node: RunningNode
+
+    @property
+    def address(self) -> str:
+        return self.node.address
+
+
+@pytest.fixture
+def start_nodes(federation: Federation, tmp_path: Path) -> Iterator[Callable[..., dict[str, Member]]]:
+    """``start_nodes({name: csv_path, ...}, levels=..., key_column=..., toml=fn)``: one
+    running node per name on 127.0.0.1 port 0, each with its CSV registered as dataset
+    ``dataset``; ``toml(name, text)`` may edit a node's node.toml before it starts. All
+    are stopped at the end of the test."""
+    from veil.node import catalog
+
+    members: list[Member] = []
+
+    def start_all(sources: dict[str, Path], *, levels: dict[str, str], key_column: str,
+                  dataset: str = "loans",
+                  toml: Callable[[str, str], str] | None = None) -> dict[str, Member]:
+        out = {}
+        for name, src in sources.items():
+            (tmp_path / "nodes").mkdir(exist_ok=True)
+            home = make_node(federation, tmp_path / "nodes", name)
+            if toml is not None:
+                home.config_path.write_text(toml(name, home.config_path.read_text()))
+            conn, log = home.connect(), home.open_log()
+            try:
+                catalog.register(conn, log, home.identity, home.snapshots, node=name,
+                                 name=dataset, source=src, key_column=key_column, levels=levels)
+            finally:
+                log.close()
+                conn.close()
+            member = Member(name, home, start(home.path, "127.0.0.1:0"))
+            members.append(member)
+            out[name] = member
+        return out
+
+    yield start_all
+    for m in members:
+        try:
+            m.node.stop(grace=1)
+        except Exception:  # a test may have stopped it already
+            pass
+
+
+@pytest.fixture(scope="session")
+def paillier_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2048-bit Paillier key pair of the analyst (the smallest Veil accepts), made once."""
+    from veil.node import keys
+
+    out = tmp_path_factory.mktemp("paillier") / "alice-key"
+    keys.generate(out)
+    return out

@@ -149,7 +149,13 @@ def test_node_certificate_subject_alt_names(fed: pki.Federation, tmp_path: Path)
     )
     cert = x509.load_pem_x509_certificate(issued.tls_cert.read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == ["localhost", "node1.example.org"]
+    # The first name is the node's own: peers check it in the TLS handshake, whatever the address.
+    assert san.get_values_for_type(x509.DNSName) == [
+        pki.node_host("n1"),
+        "localhost",
+        "node1.example.org",
+    ]
+    assert pki.node_host("n1") == "n1.nodes.veil"
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == [
         "127.0.0.1",
         "::1",

@@ -51,11 +51,11 @@ def test_kinds_registry_is_what_node_info_reports(client_for) -> None:  # type: 
 
 
 def test_a_job_of_a_kind_the_node_cannot_run_is_refused_at_submission(client_for) -> None:  # type: ignore[no-untyped-def]
-    """node.toml may allow sum jobs; until the node has a sum module it refuses them plainly."""
+    """node.toml may allow psi jobs; until the node has a psi module it refuses them plainly."""
     from veil.node.errors import Unimplemented
 
-    with pytest.raises(Unimplemented, match="does not run sum jobs yet .it runs: query"):
-        kinds.get("sum")
+    with pytest.raises(Unimplemented, match="does not run psi jobs yet .it runs: query, sum"):
+        kinds.get("psi")
 
 
 def _gate_and_method(running, handler):  # type: ignore[no-untyped-def]

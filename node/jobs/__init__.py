@@ -48,7 +48,7 @@ from veil.node.jobs._spec import (
     spec_from_canonical,
     verify_job,
 )
-from veil.node.jobs._sum import SumParams
+from veil.node.jobs._sum import SumParams, SumTotals
 from veil.node.jobs._sum import parse as sum_params
 from veil.node.jobs._tariff import (
     METER_NAMES,
@@ -75,6 +75,7 @@ __all__ = [
     "Estimate",
     "JobSpec",
     "SumParams",
+    "SumTotals",
     "Meters",
     "NodePart",
     "NodePolicy",

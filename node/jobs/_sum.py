@@ -212,3 +212,67 @@ _HINTS = {
     "bound": ': the largest |sum| one node may contribute per group, e.g. bound = "1000000"',
     "paillier_n": ": your Paillier public key (paillier_key = \"FILE\" from `veil keys paillier`)",
 }
+
+
+# --------------------------------------------------------------------------- the packed form
+
+#: counts and withheld flags share one packing: a node's row count per group is below this
+MAX_ROWS = 1 << 40
+
+
+def packings(p: SumParams, nodes: int) -> tuple[Any, Any, Any]:
+    """The three packings of a run, as every party computes them from the job: the sums
+    (``[-bound, bound]`` at ``scale`` digits), the row counts, and the withheld flags."""
+    from fractions import Fraction
+
+    from phe.paillier import PaillierPublicKey
+
+    from veil.protocols.packing import Packing
+
+    key = PaillierPublicKey(p.paillier_n)
+    sums = Packing.for_key(key, lower=-Fraction(p.bound), upper=Fraction(p.bound),
+                           digits=p.scale, addends=nodes)
+    counts = Packing.for_key(key, lower=0, upper=MAX_ROWS, digits=0, addends=nodes)
+    flags = Packing.for_key(key, lower=0, upper=1, digits=0, addends=nodes)
+    return sums, counts, flags
+
+
+@dataclass(frozen=True)
+class SumTotals:
+    """A run's decrypted totals. ``totals[column][g]`` is the sum over the nodes that
+    contributed group ``g`` (exact ``Decimal``s), ``counts[g]`` their rows, ``withheld[g]``
+    how many nodes withheld it (below their minimum group size, or no rows there)."""
+
+    run_id: str
+    groups: tuple[str, ...]  # the declared categories, or ("total",)
+    totals: Mapping[str, Any]  # column -> numpy object array of Decimal
+    counts: Any  # numpy int64 array
+    withheld: Any  # numpy int64 array
+    receipts: tuple[Mapping[str, Any], ...]  # node, log_index, checkpoint
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run": self.run_id,
+            "groups": list(self.groups),
+            "totals": {c: [str(v) for v in a] for c, a in self.totals.items()},
+            "counts": [int(v) for v in self.counts],
+            "withheld": [int(v) for v in self.withheld],
+            "receipts": [dict(r) for r in self.receipts],
+        }
+
+
+def decode(p: SumParams, nodes: int, sums: Sequence[int], counts: Sequence[int],
+           flags: Sequence[int], decryptor: Any) -> tuple[list[list[Decimal]], list[int], list[int]]:
+    """Decrypt and unpack a run's totals: per group the column totals, rows and how many
+    nodes withheld it. Every node sends every withheld flag (0 or 1); a node that withheld a
+    group sends nothing (a raw zero) in its sum and count slots, so those slots are unpacked
+    as sums of the nodes that did contribute."""
+    sums_pack, counts_pack, flags_pack = packings(p, nodes)
+    groups, width = p.groups, len(p.columns)
+    withheld = flags_pack.unpack_scaled(decryptor.decrypt_many(flags), groups)
+    contributed = [nodes - w for w in withheld]
+    rows = counts_pack.unpack_scaled(decryptor.decrypt_many(counts), groups, contributed)
+    per_slot = [contributed[g] for g in range(groups) for _ in range(width)]
+    values = sums_pack.unpack_decimal(decryptor.decrypt_many(sums), groups * width, per_slot)
+    totals = [values[g * width:(g + 1) * width] for g in range(groups)]
+    return totals, rows, withheld

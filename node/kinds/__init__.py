@@ -69,8 +69,9 @@ class Replayed:
 
 def _registry() -> Mapping[str, JobKind]:
     from veil.node.kinds.query import QUERY
+    from veil.node.kinds.sum import SUM
 
-    kinds: tuple[JobKind, ...] = (QUERY,)
+    kinds: tuple[JobKind, ...] = (QUERY, SUM)
     for k in kinds:
         assert k.name in KINDS, f"kind module {k.name!r} is not a kind of the job language"
     return MappingProxyType({k.name: k for k in kinds})

@@ -44,14 +44,16 @@ class ContributeSumRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., run_id: _Optional[str] = ..., mask_keys: _Optional[_Iterable[_Union[MaskKey, _Mapping]]] = ...) -> None: ...
 
 class SumPart(_message.Message):
-    __slots__ = ("node", "sums", "counts")
+    __slots__ = ("node", "sums", "counts", "withheld")
     NODE_FIELD_NUMBER: _ClassVar[int]
     SUMS_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
+    WITHHELD_FIELD_NUMBER: _ClassVar[int]
     node: str
     sums: _containers.RepeatedScalarFieldContainer[bytes]
     counts: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, node: _Optional[str] = ..., sums: _Optional[_Iterable[bytes]] = ..., counts: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    withheld: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, node: _Optional[str] = ..., sums: _Optional[_Iterable[bytes]] = ..., counts: _Optional[_Iterable[bytes]] = ..., withheld: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class NodeReceipt(_message.Message):
     __slots__ = ("node", "receipt")
@@ -62,15 +64,17 @@ class NodeReceipt(_message.Message):
     def __init__(self, node: _Optional[str] = ..., receipt: _Optional[_Union[_common_pb2.Receipt, _Mapping]] = ...) -> None: ...
 
 class SumResult(_message.Message):
-    __slots__ = ("run_id", "sums", "counts", "receipts", "meters")
+    __slots__ = ("run_id", "sums", "counts", "withheld", "receipts", "meters")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SUMS_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
+    WITHHELD_FIELD_NUMBER: _ClassVar[int]
     RECEIPTS_FIELD_NUMBER: _ClassVar[int]
     METERS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     sums: _containers.RepeatedScalarFieldContainer[bytes]
     counts: _containers.RepeatedScalarFieldContainer[bytes]
+    withheld: _containers.RepeatedScalarFieldContainer[bytes]
     receipts: _containers.RepeatedCompositeFieldContainer[NodeReceipt]
     meters: _common_pb2.Meters
-    def __init__(self, run_id: _Optional[str] = ..., sums: _Optional[_Iterable[bytes]] = ..., counts: _Optional[_Iterable[bytes]] = ..., receipts: _Optional[_Iterable[_Union[NodeReceipt, _Mapping]]] = ..., meters: _Optional[_Union[_common_pb2.Meters, _Mapping]] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., sums: _Optional[_Iterable[bytes]] = ..., counts: _Optional[_Iterable[bytes]] = ..., withheld: _Optional[_Iterable[bytes]] = ..., receipts: _Optional[_Iterable[_Union[NodeReceipt, _Mapping]]] = ..., meters: _Optional[_Union[_common_pb2.Meters, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,43 @@
+"""PeerService: the calls one node of a job makes to another, with node certificates.
+
+A node answers a peer only for a job that names that peer in that role (here: the job's
+aggregator), only once its own approvals are complete, and under its own quota; the peer is
+identified by its certificate, never by its address. Both sides log every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from veil.v1 import sum_pb2
+
+from veil.node._rpc import Call, Outcome, Rpc
+from veil.node.context import NodeContext
+from veil.node.grants import Grant
+from veil.node.jobs import JobSpec
+from veil.node.kinds.sum import SUM
+from veil.node.services._roles import NODE
+
+SERVICE = "veil.v1.PeerService"
+
+
+def _aggregator(spec: JobSpec) -> str:
+    return str(spec.params["aggregator"])
+
+
+def rpcs(ctx: NodeContext) -> Mapping[str, Rpc]:
+    def prepare_sum(req: sum_pb2.PrepareSumRequest, call: Call) -> sum_pb2.MaskKey:
+        # checked like a compute call (the aggregator, approvals here, quota left), not charged:
+        # the run is charged once, by the ContributeSum that follows
+        call.job_id = req.job_id
+        ctx.grants.admit(req.job_id, call.identity, SUM.name, _aggregator)
+        call.details = {"sum": {"run": req.run_id[:64]}}
+        return SUM.prepare_key(ctx, req.job_id, req.run_id)
+
+    def contribute_sum(req: sum_pb2.ContributeSumRequest, call: Call, grant: Grant) -> Outcome:
+        return SUM.contribute(ctx, req, call, grant)
+
+    return {
+        "PrepareSum": Rpc(NODE, prepare_sum),
+        "ContributeSum": Rpc(NODE, contribute_sum, kind=SUM.name, peer=_aggregator),
+    }

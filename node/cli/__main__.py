@@ -1,0 +1,5 @@
+import sys
+
+from veil.node.cli import main
+
+sys.exit(main())

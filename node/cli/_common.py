@@ -1,0 +1,99 @@
+"""What every command shares: identities, clients, receipts, tables, times, registration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from veil.node.errors import InvalidInput
+
+EXIT_ERROR = 1
+IDENTITY_ENV = "VEIL_IDENTITY"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class Commands:
+    """Builds the parser tree: a group prints its commands when called alone."""
+
+    def __init__(self, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        self.sub = sub
+
+    def group(self, name: str, help_: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        p = self.sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=lambda _args: usage(p))
+        return p.add_subparsers(dest="subcommand", metavar="COMMAND", title="commands")
+
+    def command(self, g: argparse._SubParsersAction[argparse.ArgumentParser] | None, name: str,
+                fn: Handler, help_: str) -> argparse.ArgumentParser:
+        p = (g or self.sub).add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=fn)
+        return p
+
+
+def usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+def identity(args: argparse.Namespace) -> Path:
+    value = args.identity or os.environ.get(IDENTITY_ENV)
+    if not value:
+        raise InvalidInput(
+            f"no identity: pass --identity DIR (made by `veil pki issue`) or set {IDENTITY_ENV}"
+        )
+    return Path(value).expanduser()
+
+
+def client_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from veil.node.client import Client
+
+    return Client(args.node, identity(args))
+
+
+def write_receipt(args: argparse.Namespace, client: Any) -> None:
+    path = getattr(args, "receipt_out", None)
+    if path and client.last_receipt is not None:
+        Path(path).write_text(json.dumps(client.last_receipt.to_json(), indent=2) + "\n")
+
+
+def add_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", required=True, metavar="HOST:PORT", help="the node to call")
+    p.add_argument(
+        "--identity", metavar="DIR", help=f"your identity directory (default: ${IDENTITY_ENV})"
+    )
+    p.add_argument("--receipt-out", metavar="FILE", help="write the call's log receipt here")
+
+
+def parse_time(value: str | None, flag: str) -> str | None:
+    from veil.node.log import parse_user_time
+
+    return parse_user_time(value, flag) if value else None
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.4f}".rstrip("0").rstrip(".")
+    return "NULL" if v is None else str(v)
+
+
+def pairs(specs: list[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for spec in specs:
+        column, sep, value = spec.partition("=")
+        if not sep or not column or not value:
+            raise InvalidInput(f"{flag} takes COLUMN=VALUE, got {spec!r}")
+        out[column] = value
+    return out

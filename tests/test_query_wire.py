@@ -114,9 +114,9 @@ def test_replay_confirms_logged_results_and_finds_a_changed_snapshot(
     alice.query(job.id)
     r = run_cli("audit", "replay", "--node-dir", str(node_home.path))
     assert r.returncode == 0, r.stderr
-    assert "2 query calls replayed, 0 mismatched" in r.stdout
+    assert "2 compute calls replayed, 0 mismatched" in r.stdout
     r = run_cli("audit", "replay", "--node-dir", str(node_home.path), "--from", str(first + 1))
-    assert "1 query calls replayed" in r.stdout
+    assert "1 compute calls replayed" in r.stdout
     # someone swaps the immutable snapshot for other data: replay names the calls
     [snapshot] = list(node_home.snapshots.glob("*.parquet"))
     os.chmod(snapshot, 0o644)

@@ -106,7 +106,7 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
         mark = "ok      " if r.ok else "MISMATCH"
         print(f"{mark} entry {r.index} job {r.job[:12]} logged {r.logged[:16]} "
               f"replayed {r.replayed[:16]}")
-    print(f"{len(results)} query calls replayed, {len(bad)} mismatched")
+    print(f"{len(results)} compute calls replayed, {len(bad)} mismatched")
     return EXIT_ERROR if bad else 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -60,6 +61,11 @@ def _show_job(job: Any, address: str) -> None:
         if name == "sql":
             print("  sql (exactly as signed and as it will run):")
             print("\n".join("    " + line for line in value.splitlines()))
+        elif name == "paillier_n":  # 600+ digits: show what identifies the key
+            n = int(value)
+            digest = hashlib.sha256(str(n).encode()).hexdigest()[:16]
+            print(f"  paillier key: {n.bit_length()} bits, sha256 of n {digest}… (the analyst's; "
+                  "totals are encrypted to it)")
         else:
             print(f"  {name}: {value}")
     approvals = ", ".join(f"{a['role']} {a['approver']} {a['decision']}d" for a in job.approvals)

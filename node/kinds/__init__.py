@@ -92,8 +92,9 @@ def get(name: str) -> JobKind:
 
 
 def by_method(method: str) -> JobKind | None:
+    """The kind whose call (or a node's part of it: ``replays``) was logged as ``method``."""
     for k in REGISTRY.values():
-        if k.method == method:
+        if method == k.method or method in getattr(k, "replays", ()):
             return k
     return None
 

@@ -94,6 +94,8 @@ MASK_DOMAIN = b"veil-sum-masks-v1"
 class SumKind:
     name = "sum"
     method = "/veil.v1.SumService/RunSum"
+    #: a contributor's part is logged under the peer call; it is replayed the same way
+    replays = ("/veil.v1.PeerService/ContributeSum",)
 
     def __init__(self) -> None:
         self._pending: OrderedDict[tuple[str, str, str], tuple[x25519.X25519PrivateKey, float]] = (
@@ -207,7 +209,7 @@ class SumKind:
         config = ctx.home.config
         q = _local_query(spec, ctx.name, grant.dataset, ctx.home.snapshots, config)
         result = queries.run(q, _limits(config, p), ctx.workers)
-        local = _aggregate(result, p)
+        local = _aggregate(result, p, ctx.name)
         key = PaillierPublicKey(p.paillier_n)
         sums_pack, counts_pack, flags_pack = packings(p, len(spec.nodes))
         vectors = [sums_pack.pack(local.sum_slots()), counts_pack.pack(local.count_slots()),
@@ -266,7 +268,8 @@ class SumKind:
         q = _local_query(spec, home.config.name, ds, home.snapshots, home.config,
                          columns=record["details"]["sum"]["query"]["columns"])
         try:
-            local = _aggregate(queries.run(q, _limits(home.config, p), workers), p)
+            local = _aggregate(queries.run(q, _limits(home.config, p), workers), p,
+                               home.config.name)
             replayed = _commit(local.encode(), bytes(salt[0]))
         except VeilError as exc:
             replayed = f"error: {exc}"
@@ -358,7 +361,7 @@ def _limits(config: NodeConfig, p: SumParams) -> sandbox.Limits:
                                max_result_bytes=max(lim.max_result_bytes, rows * 64 * (2 + len(p.columns))))
 
 
-def _aggregate(result: sandbox.QueryResult, p: SumParams) -> _Local:
+def _aggregate(result: sandbox.QueryResult, p: SumParams, node: str) -> _Local:
     """The result as one value per declared group and column; undeclared categories are
     dropped, and a declared one missing from the result (suppressed or empty) is withheld."""
     arrays = result.arrays
@@ -381,8 +384,8 @@ def _aggregate(result: sandbox.QueryResult, p: SumParams) -> _Local:
             d = d.quantize(quantum, rounding=ROUND_HALF_EVEN)
             if abs(d) > p.bound:
                 raise PolicyDenied(
-                    f"column {c}: a local sum at this node exceeds the job's bound "
-                    f"({p.bound}); nothing was encrypted or sent"
+                    f"column {c}: a local sum at node {node!r} exceeds the job's bound "
+                    f"({p.bound}); it encrypted and sent nothing, and no total was released"
                 )
             values.append(d)
         sums[g] = values

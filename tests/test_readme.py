@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -40,8 +41,9 @@ def test_readme_starts_with_the_two_commands() -> None:
 @pytest.mark.slow
 def test_walkthrough_runs_as_written(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
-    port = free_port()
-    script = walkthrough_script().replace("127.0.0.1:7400", f"127.0.0.1:{port}")
+    script = walkthrough_script()
+    for port in (7400, 7401, 7402):  # the walkthrough's three nodes
+        script = script.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
@@ -49,8 +51,9 @@ def test_walkthrough_runs_as_written(tmp_path: Path) -> None:
     )
     out = result.stdout + result.stderr
     # stop the node even if a step failed
-    subprocess.run([sys.executable, "-m", "veil.node.cli", "node", "stop",
-                    str(tmp_path / "walkthrough" / "bank-a")], capture_output=True)
+    for bank in ("bank-a", "bank-b", "bank-c"):
+        subprocess.run([sys.executable, "-m", "veil.node.cli", "node", "stop",
+                        str(tmp_path / "walkthrough" / bank)], capture_output=True)
     assert result.returncode == 0, out
     assert "valid receipt: node 'bank-a' registered customers version 1" in out
     assert "suppressed" in out
@@ -58,3 +61,8 @@ def test_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert "inclusion proof and checkpoint signature verified" in out
     assert "statement reconciles" in out
     assert "0 mismatched" in out
+    totals = json.loads((tmp_path / "walkthrough" / "totals.json").read_text())
+    assert totals["groups"] == ["north", "south", "east", "west", "islands"]
+    assert [x["node"] for x in totals["receipts"]] == ["bank-a", "bank-b", "bank-c"]
+    assert totals["withheld"][-1] == 3  # islands: too few customers at every bank
+    assert "2 compute calls replayed, 0 mismatched" in out  # bank-b's two parts of the sum

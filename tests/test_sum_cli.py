@@ -128,3 +128,32 @@ def test_run_sum_with_another_key_is_refused_before_any_charge(
     r = run_cli("run", "sum", job_id, "--node", members["bank-a"].address, "--identity", alice,
                 "--key", str(paillier_keys), "--format", "json")
     assert r.returncode == 0, r.stderr
+
+
+def test_any_unique_job_id_prefix_works_and_an_ambiguous_one_lists_the_candidates(
+    federation: Federation, three_banks, paillier_keys: Path  # type: ignore[no-untyped-def]  # noqa: F811
+) -> None:
+    members, _ = three_banks
+    a = members["bank-a"].address
+    alice = str(federation.identity("analyst", "alice"))
+    ids: dict[str, str] = {}
+    with Client(a, federation.identity("analyst", "alice")) as c:
+        for runs in range(1, 18):  # 17 ids, 16 first digits: two share one
+            job = c.submit_job(sum_job(members, paillier_keys, runs=runs), base_dir=Path("/"))
+            if job.id[0] in ids:
+                pair = (ids[job.id[0]], job.id)
+                break
+            ids[job.id[0]] = job.id
+    r = run_cli("job", "show", pair[1][:12], "--node", a, "--identity", alice)
+    assert r.returncode == 0, r.stderr
+    assert f"job {pair[1]} at {a}" in r.stdout
+    common = next(i for i in range(32) if pair[0][i] != pair[1][i])
+    r = run_cli("job", "show", pair[1][:common], "--node", a, "--identity", alice)
+    assert r.returncode == 1 and "ambiguous" in r.stderr
+    assert pair[0] in r.stderr and pair[1] in r.stderr
+    r = run_cli("job", "show", "zz12", "--node", a, "--identity", alice)
+    assert r.returncode == 1 and "hex digits" in r.stderr
+    free = [d for d in "0123456789abcdef" if d not in ids]
+    if free:  # a prefix no visible job has
+        r = run_cli("job", "show", free[0] * 6, "--node", a, "--identity", alice)
+        assert r.returncode == 1 and "no job whose id starts with" in r.stderr

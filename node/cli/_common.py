@@ -97,3 +97,28 @@ def pairs(specs: list[str], flag: str) -> dict[str, str]:
             raise InvalidInput(f"{flag} takes COLUMN=VALUE, got {spec!r}")
         out[column] = value
     return out
+
+
+JOB_ID_HEX = 32
+
+
+def job_id(client: Any, given: str) -> str:
+    """The full id of the job ``given`` names: the id itself, or any unique prefix of one of
+    the jobs this caller can see at the node (tables print 12-character prefixes)."""
+    from veil.node.errors import NotFound
+
+    given = given.strip().lower()
+    if len(given) == JOB_ID_HEX or not given:
+        return given
+    if len(given) > JOB_ID_HEX or any(c not in "0123456789abcdef" for c in given):
+        raise InvalidInput(f"job id: expected {JOB_ID_HEX} hex digits or a prefix of them, "
+                           f"got {given[:40]!r}")
+    found = sorted(j.id for j in client.jobs() if j.id.startswith(given))
+    if not found:
+        raise NotFound(f"no job whose id starts with {given!r} at {client.address} "
+                       "(among the jobs you can see there)")
+    if len(found) > 1:
+        raise InvalidInput(f"job id prefix {given!r} is ambiguous at {client.address}: it "
+                           f"matches {', '.join(found[:10])}{' …' if len(found) > 10 else ''}; "
+                           "give more digits")
+    return found[0]

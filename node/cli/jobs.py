@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from veil.node.cli._common import EXIT_ERROR, IDENTITY_ENV, Commands, add_client_options, client_for, fmt, identity, parse_time, print_table, write_receipt
+from veil.node.cli._common import EXIT_ERROR, IDENTITY_ENV, Commands, add_client_options, client_for, fmt, identity, job_id, parse_time, print_table, write_receipt
 from veil.node.errors import InvalidInput, VeilError
 
 
@@ -91,7 +91,7 @@ def cmd_job_list(args: argparse.Namespace) -> int:
 
 def cmd_job_show(args: argparse.Namespace) -> int:
     with client_for(args) as client:
-        job = client.job(args.job_id)
+        job = client.job(job_id(client, args.job_id))
         _show_job(job, args.node)
         here = client.node_name
     others = [p for p in job.parts if p["name"] != here and p.get("address")]
@@ -115,8 +115,9 @@ def cmd_job_approve(args: argparse.Namespace) -> int:
                                ("items", args.items)) if v is not None}
     with client_for(args) as client:
         # what is approved is shown first, from the signed bytes: the decision binds its id
-        _show_job(client.job(args.job_id), args.node)
-        job = client.approve(args.job_id, quota=quota or None, reason=args.reason or "")
+        full = job_id(client, args.job_id)
+        _show_job(client.job(full), args.node)
+        job = client.approve(full, quota=quota or None, reason=args.reason or "")
     print(f"your approval of job {job.id} is recorded; the job is {job.state}"
           f" (missing: {', '.join(job.missing_roles) or 'none'})")
     return 0
@@ -124,14 +125,14 @@ def cmd_job_approve(args: argparse.Namespace) -> int:
 
 def cmd_job_reject(args: argparse.Namespace) -> int:
     with client_for(args) as client:
-        job = client.reject(args.job_id, args.reason)
+        job = client.reject(job_id(client, args.job_id), args.reason)
     _show_job(job, args.node)
     return 0
 
 
 def cmd_job_revoke(args: argparse.Namespace) -> int:
     with client_for(args) as client:
-        job = client.revoke(args.job_id, args.reason)
+        job = client.revoke(job_id(client, args.job_id), args.reason)
     _show_job(job, args.node)
     return 0
 
@@ -171,7 +172,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 def cmd_query(args: argparse.Namespace) -> int:
     with client_for(args) as client:
-        result = client.query(args.job_id)
+        result = client.query(job_id(client, args.job_id))
         write_receipt(args, client)
         receipt = client.last_receipt
     rows = result.records()

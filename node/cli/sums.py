@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from veil.node.cli._common import Commands, add_client_options, identity, print_table
+from veil.node.cli._common import Commands, add_client_options, identity, job_id, print_table
 from veil.node.errors import InvalidInput
 
 
@@ -22,7 +22,7 @@ def cmd_run_sum(args: argparse.Namespace) -> int:
     private = keys.load_private(Path(args.key))  # before any call: a run is charged
     ident = identity(args)
     with Client(args.node, ident) as first:
-        job = first.job(args.job_id)
+        job = first.job(job_id(first, args.job_id))
         here = first.node_name
     aggregator = job.params.get("aggregator")
     if job.kind != "sum" or not aggregator:

@@ -112,7 +112,7 @@ def main() -> int:
             veil("audit", "verify", "--node", addr, "--identity", "audrey", "--state", "auditor")
         veil("audit", "log", "--node", addresses["bank-a"], "--identity", "audrey",
              "--outcome", "PERMISSION_DENIED")
-        veil("audit", "replay", "--node-dir", "bank-b")
+        veil("audit", "replay", "bank-b")
         print("\ndemo finished: everything above ran against real nodes over mTLS", flush=True)
         return 0
     finally:

@@ -287,8 +287,8 @@ def test_usage_statement_reconciles_with_the_log(people, running: RunningNode,
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].startswith("log_index,time,job")
     r = run_cli("usage", "--node", running.address, "--identity", str(auditor),
-                "--analyst", "alice", "--from", "yesterday")
-    assert r.returncode == 1 and "--from: expected an RFC 3339 time" in r.stderr
+                "--analyst", "alice", "--since", "yesterday")
+    assert r.returncode == 1 and "--since: expected an RFC 3339 time" in r.stderr
     r = run_cli("audit", "verify", "--node", running.address, "--identity", str(auditor),
                 "--state", "/proc/no-such-dir")
     assert r.returncode == 1 and "Traceback" not in r.stderr and "/proc/no-such-dir" in r.stderr

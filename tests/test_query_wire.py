@@ -112,10 +112,10 @@ def test_replay_confirms_logged_results_and_finds_a_changed_snapshot(
     alice.query(job.id)
     first = alice.last_receipt.log_index
     alice.query(job.id)
-    r = run_cli("audit", "replay", "--node-dir", str(node_home.path))
+    r = run_cli("audit", "replay", str(node_home.path))
     assert r.returncode == 0, r.stderr
     assert "2 compute calls replayed, 0 mismatched" in r.stdout
-    r = run_cli("audit", "replay", "--node-dir", str(node_home.path), "--from", str(first + 1))
+    r = run_cli("audit", "replay", str(node_home.path), "--from", str(first + 1))
     assert "1 compute calls replayed" in r.stdout
     # someone swaps the immutable snapshot for other data: replay names the calls
     [snapshot] = list(node_home.snapshots.glob("*.parquet"))
@@ -125,7 +125,7 @@ def test_replay_confirms_logged_results_and_finds_a_changed_snapshot(
     con.execute(f"COPY (SELECT * REPLACE (amount + 1 AS amount) FROM '{snapshot}') TO '{tmp}'")
     con.close()
     shutil.move(tmp, snapshot)
-    r = run_cli("audit", "replay", "--node-dir", str(node_home.path))
+    r = run_cli("audit", "replay", str(node_home.path))
     assert r.returncode == 1
     assert f"MISMATCH entry {first}" in r.stdout
     assert "2 mismatched" in r.stdout

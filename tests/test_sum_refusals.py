@@ -242,7 +242,7 @@ def test_audit_replay_checks_every_nodes_commitment_and_catches_a_tampered_salt(
     job_id = submit_and_approve(federation, members, sum_job(members, paillier_keys))
     _run(federation, members, job_id, paillier_keys)
     for m in members.values():  # the aggregator's RunSum entry and each contributor's part
-        r = run_cli("audit", "replay", "--node-dir", str(m.home.path))
+        r = run_cli("audit", "replay", str(m.home.path))
         assert r.returncode == 0, r.stdout + r.stderr
         assert "1 compute calls replayed, 0 mismatched" in r.stdout, r.stdout
     conn = sqlite3.connect(members["bank-b"].home.state_path)
@@ -251,5 +251,5 @@ def test_audit_replay_checks_every_nodes_commitment_and_catches_a_tampered_salt(
         conn.commit()
     finally:
         conn.close()
-    r = run_cli("audit", "replay", "--node-dir", str(members["bank-b"].home.path))
+    r = run_cli("audit", "replay", str(members["bank-b"].home.path))
     assert r.returncode == 1 and "MISMATCH" in r.stdout, r.stdout

@@ -100,7 +100,10 @@ def cmd_audit_reconcile(args: argparse.Namespace) -> int:
 def cmd_audit_replay(args: argparse.Namespace) -> int:
     from veil.node import kinds
 
-    results = kinds.replay(Path(args.node_dir), args.start)
+    node_dir = args.node_dir or args.node_dir_option
+    if not node_dir:
+        raise InvalidInput("name the node directory to replay: `veil audit replay NODEDIR`")
+    results = kinds.replay(Path(node_dir), args.start)
     bad = [r for r in results if not r.ok]
     for r in results:
         mark = "ok      " if r.ok else "MISMATCH"
@@ -156,5 +159,7 @@ def register(c: Commands) -> None:
     add_client_options(p)
     p = c.command(g, "replay", cmd_audit_replay,
                   "re-run logged query and sum calls on their exact dataset versions; compare")
-    p.add_argument("--node-dir", required=True, metavar="NODEDIR")
-    p.add_argument("--from", dest="start", type=int, default=0, metavar="INDEX")
+    p.add_argument("node_dir", nargs="?", metavar="NODEDIR", help="the node directory")
+    p.add_argument("--node-dir", dest="node_dir_option", help=argparse.SUPPRESS)  # old spelling
+    p.add_argument("--from", dest="start", type=int, default=0, metavar="INDEX",
+                   help="replay from this log index on")

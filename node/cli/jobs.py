@@ -138,7 +138,7 @@ def cmd_job_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    args.start, args.end = parse_time(args.start, "--from"), parse_time(args.end, "--to")
+    args.start, args.end = parse_time(args.start, "--since"), parse_time(args.end, "--until")
     with client_for(args) as client:
         st = client.statement(args.analyst or "", args.start or "", args.end or "")
     if args.format == "json":
@@ -235,7 +235,8 @@ def register(c: Commands) -> None:
                   "a priced usage statement; each line cites its log index")
     add_client_options(p)
     p.add_argument("--analyst", help="whose (analysts: their own)")
-    p.add_argument("--from", dest="start", metavar="TIME", help="RFC 3339, inclusive")
-    p.add_argument("--to", dest="end", metavar="TIME", help="RFC 3339, exclusive")
+    p.add_argument("--since", "--from", dest="start", metavar="TIME",
+                   help="RFC 3339 time, inclusive")
+    p.add_argument("--until", "--to", dest="end", metavar="TIME", help="RFC 3339 time, exclusive")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--out", metavar="FILE", help="also write the statement as JSON here")

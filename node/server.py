@@ -11,6 +11,9 @@ client sees" table.
 
 from __future__ import annotations
 
+import fcntl
+import os
+
 import hashlib
 import logging
 import signal
@@ -42,6 +45,7 @@ class RunningNode:
     ctx: NodeContext
     port: int
     address: str
+    lock_fd: int = -1  # the node directory's serve lock, held while serving
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Stop accepting calls, let running ones finish, log the stop, close the log."""
@@ -52,10 +56,51 @@ class RunningNode:
         finally:
             self.ctx.log.close()
             self.ctx.conn.close()
+            if self.lock_fd >= 0:
+                os.close(self.lock_fd)
+                self.lock_fd = -1
+
+
+LOCK_FILE = "serve.lock"
+
+
+def _serve_lock(node_dir: Path) -> int:
+    """Hold an exclusive lock on the node directory while serving: two servers on one
+    directory would interleave two logs' appends. The holder's pid and address are in the
+    lock file, so the refusal can say who serves it."""
+    path = node_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(f"node directory {node_dir} is already being served ({holder}); "
+                          f"stop that node first (`veil node stop {node_dir}` if detached)") from None
+    return fd
+
+
+def _note_holder(fd: int, address: str) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} at {address}\n".encode(), 0)
 
 
 def start(node_dir: Path, listen: str | None = None, *, workers: int = 32) -> RunningNode:
-    """Start the node's gRPC server; return once it is listening."""
+    """Start the node's gRPC server; return once it is listening. The node directory is
+    locked while it serves (a second server on it is refused, naming the first)."""
+    NodeHome(node_dir).check()
+    lock = _serve_lock(Path(node_dir))
+    try:
+        node = _start(node_dir, listen, workers)
+    except BaseException:
+        os.close(lock)
+        raise
+    _note_holder(lock, node.address)
+    node.lock_fd = lock
+    return node
+
+
+def _start(node_dir: Path, listen: str | None, workers: int) -> RunningNode:
     home = NodeHome(node_dir)
     config = home.config
     address = listen or config.listen

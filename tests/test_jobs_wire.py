@@ -162,6 +162,9 @@ def test_rejection_is_final_and_explained(people) -> None:
     people["olga"].approve(job.id)
     rejected = people["sam"].reject(job.id, "purpose does not justify spend data")
     assert rejected.state == "rejected"
+    shown = run_cli("job", "show", job.id[:12], "--node", people["sam"].address,
+                    "--identity", str(people["sam"].identity.directory))
+    assert "subject-representative sam rejected" in shown.stdout, shown.stdout + shown.stderr
     with pytest.raises(FailedPrecondition, match="rejected by sam.*purpose does not justify"):
         people["alice"].query(job.id)
 

@@ -8,9 +8,14 @@ errors, including a group called without a command, which prints its commands).
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
+
+# gRPC's C core logs to stderr (`E1204 … add_port.cc`, `Handshake failed`); a CLI user gets
+# our one-line errors instead. Read by gRPC when it loads, so set before anything imports it.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
 from collections.abc import Sequence
 
 from veil.node.cli import audit, datasets, jobs, keys, nodes, pki, sums

@@ -50,6 +50,9 @@ def cmd_job_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+_PAST = {"approve": "approved", "reject": "rejected", "withdraw": "withdrew"}
+
+
 def _show_job(job: Any, address: str) -> None:
     print(f"job {job.id} at {address}: {job.state}")
     print(f"  analyst {job.analyst}, kind {job.kind}, expires {job.expires}")
@@ -68,7 +71,8 @@ def _show_job(job: Any, address: str) -> None:
                   "totals are encrypted to it)")
         else:
             print(f"  {name}: {value}")
-    approvals = ", ".join(f"{a['role']} {a['approver']} {a['decision']}d" for a in job.approvals)
+    approvals = ", ".join(f"{a['role']} {a['approver']} {_PAST.get(a['decision'], a['decision'])}"
+                          for a in job.approvals)
     print(f"  approvals: {approvals or 'none'}; missing: {', '.join(job.missing_roles) or 'none'}")
     if job.revoked_reason:
         print(f"  revoked: {job.revoked_reason}")

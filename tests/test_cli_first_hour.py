@@ -1,0 +1,61 @@
+"""A newcomer's first commands: discoverable groups, one node per directory, no gRPC core
+noise, decisions spelled out."""
+
+from __future__ import annotations
+
+import re
+import socket
+import pytest
+
+from veil.node.errors import ConfigError
+from veil.node.home import NodeHome
+from veil.node.server import start
+
+from tests.conftest import ServeProcess, run_cli
+
+GRPC_CORE_LINE = re.compile(r"^[EWID]\d{4} |add_port\.cc|Handshake failed|ev_poll", re.M)
+
+
+def test_veil_alone_and_each_group_alone_print_their_commands() -> None:
+    r = run_cli()
+    assert r.returncode == 2
+    for group in ("pki", "node", "dataset", "job", "run", "keys", "audit", "usage", "query"):
+        assert f"    {group} " in r.stdout, group
+    r = run_cli("job")
+    assert r.returncode == 2 and "the following arguments are required" not in r.stderr
+    for verb in ("submit", "list", "show", "approve", "reject", "revoke"):
+        assert f"    {verb} " in r.stdout, verb
+    r = run_cli("node")
+    assert all(f"    {v} " in r.stdout for v in ("init", "serve", "stop"))
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("veil ")
+
+
+def test_a_second_server_on_a_served_node_directory_is_refused_naming_the_first(
+    node_home: NodeHome,
+) -> None:
+    first = ServeProcess(node_home.path)
+    try:
+        r = run_cli("node", "serve", str(node_home.path), "--listen", "127.0.0.1:0")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "already being served" in r.stderr
+        assert f"pid {first.proc.pid} at {first.address}" in r.stderr
+        assert not GRPC_CORE_LINE.search(r.stderr), r.stderr
+        with pytest.raises(ConfigError, match="already being served"):  # in-process too
+            start(node_home.path, "127.0.0.1:0")
+    finally:
+        first.terminate()
+    again = start(node_home.path, "127.0.0.1:0")  # the lock goes with the server
+    again.stop(grace=1)
+
+
+def test_a_port_in_use_gets_one_line_and_no_grpc_core_log(node_home: NodeHome) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = run_cli("node", "serve", str(node_home.path), "--listen", f"127.0.0.1:{port}")
+    assert r.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr
+    assert not GRPC_CORE_LINE.search(r.stderr), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -224,7 +224,9 @@ class Client:
                 return wrong
         self._receipt(exc.trailing_metadata())  # type: ignore[attr-defined]
         code = exc.code()  # type: ignore[attr-defined]
-        return remote_error(code.name, exc.details() or "", self.address)  # type: ignore[attr-defined]
+        error = remote_error(code.name, exc.details() or "", self.address)  # type: ignore[attr-defined]
+        error.receipt = self.last_receipt  # where the refusal was logged (None: it was not)
+        return error
 
     def call(self, method: Any, request: Any) -> Any:
         """Make one unary call; keep its receipt; turn a refusal into a VeilError."""

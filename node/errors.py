@@ -7,12 +7,16 @@ and exits non-zero with the message. Anything else that escapes is a bug in Veil
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class VeilError(Exception):
     """Root of every error a user, an operator or a peer can cause."""
 
     #: name of the grpc.StatusCode this error maps to on the wire
     status: str = "INVALID_ARGUMENT"
+    #: for a node's refusal seen by a client: where the node logged it (a CallReceipt)
+    receipt: Any = None
 
 
 class InvalidInput(VeilError):

@@ -19,7 +19,7 @@ import sys  # noqa: E402
 from collections.abc import Sequence
 
 from veil.node.cli import audit, datasets, jobs, keys, nodes, pki, sums
-from veil.node.cli._common import EXIT_ERROR, Commands, usage
+from veil.node.cli._common import EXIT_ERROR, Commands, save_receipt, usage
 from veil.node.errors import VeilError
 
 MODULES = (pki, nodes, datasets, jobs, sums, keys, audit)
@@ -51,7 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except VeilError as exc:
-        print(f"veil: error: {exc}", file=sys.stderr)
+        # a node's refusal is logged like any answer: say where, so it can be proven later
+        receipt = getattr(exc, "receipt", None)
+        where = (f" (recorded in {receipt.node}'s log at index {receipt.log_index})"
+                 if receipt is not None else "")
+        print(f"veil: error: {exc}{where}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("veil: interrupted", file=sys.stderr)
@@ -63,3 +67,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" {exc.filename}" if exc.filename else ""
         print(f"veil: error: {exc.strerror or exc}:{where}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        save_receipt(args)

@@ -57,16 +57,34 @@ def identity(args: argparse.Namespace) -> Path:
     return Path(value).expanduser()
 
 
-def client_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+#: every client a command opened, in order: the last call's receipt is the command's receipt
+_CLIENTS: list[Any] = []
+
+
+def client_for(args: argparse.Namespace, address: str | None = None,
+               node: str | None = None):  # type: ignore[no-untyped-def]
+    """A client for ``--node`` (or ``address``, checked to be node ``node``), as ``--identity``."""
     from veil.node.client import Client
 
-    return Client(args.node, identity(args))
+    client = Client(address or args.node, identity(args), node=node)
+    _CLIENTS.append(client)
+    return client
 
 
-def write_receipt(args: argparse.Namespace, client: Any) -> None:
+def last_receipt() -> Any:
+    """The receipt of the last call the command made (an answer or a refusal), if any."""
+    for client in reversed(_CLIENTS):
+        if client.last_receipt is not None:
+            return client.last_receipt
+    return None
+
+
+def save_receipt(args: argparse.Namespace) -> None:
+    """``--receipt-out FILE``: write the receipt of the command's last call, refusals too."""
     path = getattr(args, "receipt_out", None)
-    if path and client.last_receipt is not None:
-        Path(path).write_text(json.dumps(client.last_receipt.to_json(), indent=2) + "\n")
+    receipt = last_receipt()
+    if path and receipt is not None:
+        Path(path).write_text(json.dumps(receipt.to_json(), indent=2) + "\n")
 
 
 def add_client_options(p: argparse.ArgumentParser) -> None:

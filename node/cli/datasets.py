@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from veil.node.cli._common import Commands, add_client_options, client_for, pairs, print_table, write_receipt
+from veil.node.cli._common import Commands, add_client_options, client_for, pairs, print_table
 from veil.node.errors import InvalidInput
 
 
@@ -66,7 +66,6 @@ def _receipt_json(ds: Any, cert_pem: str) -> dict[str, Any]:
 def cmd_dataset_list(args: argparse.Namespace) -> int:
     with client_for(args) as client:
         pairs = client.dataset_receipts()
-        write_receipt(args, client)
     if args.format == "json":
         out = [
             {

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from veil.node.cli._common import EXIT_ERROR, IDENTITY_ENV, Commands, add_client_options, client_for, fmt, identity, job_id, parse_time, print_table, write_receipt
+from veil.node.cli._common import EXIT_ERROR, IDENTITY_ENV, Commands, add_client_options, client_for, fmt, identity, job_id, parse_time, print_table
 from veil.node.errors import InvalidInput, VeilError
 
 
@@ -177,7 +177,6 @@ def cmd_usage(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     with client_for(args) as client:
         result = client.query(job_id(client, args.job_id))
-        write_receipt(args, client)
         receipt = client.last_receipt
     rows = result.records()
     if args.format == "json":

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from veil.node.cli._common import Commands, add_client_options, identity, job_id, print_table
+from veil.node.cli._common import Commands, add_client_options, client_for, job_id, print_table
 from veil.node.errors import InvalidInput
 
 
@@ -17,11 +17,9 @@ def cmd_run_sum(args: argparse.Namespace) -> int:
     """Ask the job's aggregator for one run, decrypt locally, print totals and receipts.
     ``--node`` may be any node of the job: the job itself says which node aggregates."""
     from veil.node import keys
-    from veil.node.client import Client
 
     private = keys.load_private(Path(args.key))  # before any call: a run is charged
-    ident = identity(args)
-    with Client(args.node, ident) as first:
+    with client_for(args) as first:
         job = first.job(job_id(first, args.job_id))
         here = first.node_name
     aggregator = job.params.get("aggregator")
@@ -32,11 +30,8 @@ def cmd_run_sum(args: argparse.Namespace) -> int:
         (p.get("address") for p in job.parts if p["name"] == aggregator), None)
     if address is None:
         raise InvalidInput(f"job {job.id} gives no address for its aggregator {aggregator!r}")
-    with Client(address, ident, node=aggregator) as client:
+    with client_for(args, address, node=aggregator) as client:
         result = client.run_sum(job.id, private)
-        if args.receipt_out and client.last_receipt is not None:
-            Path(args.receipt_out).write_text(
-                json.dumps(client.last_receipt.to_json(), indent=2) + "\n")
     doc = result.to_json()
     if args.format == "json":
         print(json.dumps(doc, indent=2))

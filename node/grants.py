@@ -295,18 +295,29 @@ class Grants:
             return self.get(job.id)
 
     def revoke(self, job: str, reason: str, caller: Identity) -> JobView:
-        if caller.role != "operator":
-            raise PolicyDenied(f"only the node's operator may revoke jobs, not {caller.role!r}")
+        """Stop a job at once: the operator revokes it, or a data subjects' representative
+        withdraws the consent the subjects gave (two-sided authorization: either side that
+        approved can take it back). Logged with who did it, in which role, and why."""
+        if caller.role not in ("operator", "subject-representative"):
+            raise PolicyDenied(f"only the node's operator may revoke a job, or the data "
+                               f"subjects' representative withdraw consent, not a {caller.role!r}")
         if not reason.strip():
-            raise InvalidInput("give a reason for the revocation: the analyst reads it")
+            raise InvalidInput("give a reason for stopping the job: the analyst reads it")
         with self.lock:
-            self.get(job)  # NotFound names the node
-        stamp = f"{format_time(datetime.now(UTC))}: {reason.strip()} (by {caller.name})"
+            view = self.get(job)  # NotFound names the node
+        withdrawal = caller.role == "subject-representative"
+        if withdrawal and "subject-representative" not in view.required:
+            raise PolicyDenied(f"job {job} did not need the data subjects' consent at this node "
+                               "(its policy asks only the operator); ask the operator to revoke it")
+        what = "consent withdrawn" if withdrawal else "revoked"
+        stamp = (f"{what} at {format_time(datetime.now(UTC))} by {caller.name} "
+                 f"({caller.role}): {reason.strip()}")
 
         def store(tx: sqlite3.Connection, _index: int) -> None:
             tx.execute("UPDATE jobs SET revoked = ? WHERE id = ? AND revoked IS NULL", (stamp, job))
 
-        self.log.append(event("job.revoked", job=job, by=caller.name, reason=reason.strip()),
+        self.log.append(event("job.withdrawn" if withdrawal else "job.revoked", job=job,
+                              by=caller.name, role=caller.role, reason=reason.strip()),
                         effect=store)
         with self.lock:
             return self.get(job)

@@ -221,12 +221,41 @@ def test_concurrent_runs_never_exceed_the_quota(people, federation: Federation,
 def test_revoked_job_stops_at_once(people) -> None:
     job = approved(people)
     people["alice"].query(job.id)
-    with pytest.raises(PolicyDenied, match="role 'subject-representative' may not call .*RevokeJob"):
-        people["sam"].revoke(job.id, "no")
+    with pytest.raises(PolicyDenied, match="role 'analyst' may not call .*RevokeJob"):
+        people["alice"].revoke(job.id, "no")
     revoked = people["olga"].revoke(job.id, "breach of terms")
     assert revoked.state == "revoked"
     with pytest.raises(FailedPrecondition, match="revoked at .*breach of terms"):
         people["alice"].query(job.id)
+
+
+def test_the_subjects_representative_withdraws_consent_and_the_job_stops_at_once(
+    people, running: RunningNode, federation: Federation
+) -> None:
+    job = approved(people)
+    people["alice"].query(job.id)
+    r = run_cli("job", "withdraw", job.id[:12], "--node", running.address, "--identity",
+                str(federation.identity("subject-representative", "sam")),
+                "--reason", "subjects objected to the purpose")
+    assert r.returncode == 0, r.stderr
+    assert "consent withdrawn" in r.stdout and "revoked" in r.stdout
+    with pytest.raises(FailedPrecondition, match="consent withdrawn at .* by sam "
+                       r"\(subject-representative\): subjects objected"):
+        people["alice"].query(job.id)
+    conn = running.ctx.home.connect()
+    try:
+        rows = [json.loads(bytes(d)) for (d,) in conn.execute("SELECT entry FROM log_entries")]
+    finally:
+        conn.close()
+    [withdrawn] = [e for e in rows if e.get("event") == "job.withdrawn"]
+    assert withdrawn["details"] == {"job": job.id, "by": "sam", "role": "subject-representative",
+                                    "reason": "subjects objected to the purpose"}
+    # a job whose policy never asked the subjects cannot be "withdrawn" by their representative
+    public = people["alice"].submit_job(job_toml("SELECT region, COUNT(*) AS n FROM customers "
+                                                 "GROUP BY region", columns='"region"'))
+    people["olga"].approve(public.id)
+    with pytest.raises(PolicyDenied, match="did not need the data subjects' consent"):
+        people["sam"].revoke(public.id, "no")
 
 
 def test_revocation_during_a_run_releases_nothing(people, running: RunningNode) -> None:

@@ -222,7 +222,9 @@ def register(c: Commands) -> None:
     for name, fn, text in (("show", cmd_job_show, "a job with its dry-run estimate"),
                            ("approve", cmd_job_approve, "sign and send an approval"),
                            ("reject", cmd_job_reject, "sign and send a rejection"),
-                           ("revoke", cmd_job_revoke, "stop a job's grant at once (operator)")):
+                           ("revoke", cmd_job_revoke, "stop a job's grant at once (operator)"),
+                           ("withdraw", cmd_job_revoke, "withdraw the data subjects' consent: "
+                            "stops the job at once (subjects' representative)")):
         p = c.command(g, name, fn, text)
         p.add_argument("job_id", metavar="JOB_ID")
         add_client_options(p)
@@ -231,7 +233,7 @@ def register(c: Commands) -> None:
             p.add_argument("--rows-scanned", type=int, help="narrow the quota: rows scanned")
             p.add_argument("--items", type=int, help="narrow the quota: items")
             p.add_argument("--reason", help="a note for the analyst")
-        elif name in ("reject", "revoke"):
+        elif name in ("reject", "revoke", "withdraw"):
             p.add_argument("--reason", required=True)
 
     p = c.command(None, "usage", cmd_usage,

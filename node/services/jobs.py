@@ -51,5 +51,5 @@ def rpcs(ctx: NodeContext) -> Mapping[str, Rpc]:
         "ListJobs": Rpc(ANY_ROLE, list_jobs),
         "GetJob": Rpc(ANY_ROLE, get_job),
         "DecideJob": Rpc(APPROVERS, decide_job),
-        "RevokeJob": Rpc(OPERATOR, revoke_job),
+        "RevokeJob": Rpc(OPERATOR | {"subject-representative"}, revoke_job),
     }

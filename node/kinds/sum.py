@@ -130,15 +130,22 @@ class SumKind:
                        for n in peers}
             own = self.prepare_key(ctx, grant.id, run_id)
             keys = {ctx.name: own}
-            for name, f in futures.items():
-                keys[name] = f.result()[0]
+            keys.update({name: answer[0] for name, answer in
+                         _gather(futures, call, run_id, "prepare").items()})
             ordered = [keys[n.name] for n in spec.nodes]
             contribute = sum_pb2.ContributeSumRequest(job_id=grant.id, run_id=run_id,
                                                       mask_keys=ordered)
             parts = {n.name: pool.submit(_peer_call, ctx, n.name, n.address, "ContributeSum",
                                          contribute) for n in peers}
-            mine = self.contribute_part(ctx, grant, run_id, ordered)
-            answers = {name: f.result() for name, f in parts.items()}
+            try:
+                mine = self.contribute_part(ctx, grant, run_id, ordered)
+            except VeilError:
+                concurrent.futures.wait(parts.values())
+                sent = [name for name, f in parts.items() if f.exception() is None]
+                call.details = {"sum": {"run": run_id, "step": "contribute",
+                                        "failed": [ctx.name], "contributed": sent}}
+                raise
+            answers = _gather(parts, call, run_id, "contribute")
         key = PaillierPublicKey(p.paillier_n)
         enc = self._encryptor(key)
         columns: list[list[list[int]]] = [[v] for v in mine.vectors]  # per vector, per node
@@ -410,7 +417,10 @@ def _open_mask_keys(ctx: NodeContext, spec: JobSpec, job: str, run_id: str,
     out = {}
     for k in keys:
         peer = ctx.trust.identify(k.certificate_pem.encode())
-        federation.check_peer(peer, k.node)
+        if peer.role != "node" or peer.name != k.node:
+            raise VerificationError(
+                f"the mask key of node {k.node!r} is not certified for that node: its "
+                f"certificate is for {peer.role} {peer.name[:64]!r}")
         try:
             peer.verify(k.signature, MASK_KEY_DOMAIN + k.statement)
         except VerificationError:
@@ -518,8 +528,28 @@ def _peer_call(ctx: NodeContext, node: str, address: str | None, method: str,
         ch.close()
 
 
+def _gather(futures: Mapping[str, concurrent.futures.Future[Any]], call: Call, run_id: str,
+            step: str) -> dict[str, Any]:
+    """Every peer's answer to one step of the run, or one error naming every peer that
+    failed it (also recorded in the aggregator's entry): a run that fails anywhere
+    releases nothing."""
+    answers, failed = {}, {}
+    for name, future in futures.items():
+        try:
+            answers[name] = future.result()
+        except VeilError as exc:
+            failed[name] = exc
+    if failed:
+        details: dict[str, Any] = {"run": run_id, "step": step, "failed": list(failed)}
+        if step == "contribute":  # these nodes sent their part, logged at their side
+            details["contributed"] = list(answers)
+        call.details = {"sum": details}
+        raise RunFailed(failed)
+    return answers
+
+
 class PeerFailed(VeilError):
-    """A peer of the job refused or could not be reached: the run releases nothing."""
+    """A peer of the job refused or could not be reached."""
 
     def __init__(self, node: str, address: str, exc: grpc.RpcError) -> None:
         code = exc.code()  # type: ignore[attr-defined]
@@ -529,4 +559,14 @@ class PeerFailed(VeilError):
             what = f"node {node!r} at {address} could not be reached ({details})"
         else:
             what = f"node {node!r} refused its part: {code.name}: {details}"
-        super().__init__(f"{what}; no total was released")
+        super().__init__(what)
+
+
+class RunFailed(VeilError):
+    """One or more peers failed a step of the run: it releases nothing. The status is the
+    first failing node's (in the job's order); the message names every one."""
+
+    def __init__(self, failed: Mapping[str, VeilError]) -> None:
+        self.failed = dict(failed)
+        self.status = next(iter(failed.values())).status
+        super().__init__("; ".join(str(e) for e in failed.values()) + "; no total was released")

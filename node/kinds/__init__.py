@@ -93,7 +93,8 @@ def get(name: str) -> JobKind:
 
 def by_method(method: str) -> JobKind | None:
     for k in REGISTRY.values():
-        if k.method == method:
+        # a kind whose part also runs on a peer's call (a sum's ContributeSum) replays that too
+        if method == k.method or method in getattr(k, "peer_methods", ()):
             return k
     return None
 

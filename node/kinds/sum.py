@@ -94,6 +94,8 @@ MASK_DOMAIN = b"veil-sum-masks-v1"
 class SumKind:
     name = "sum"
     method = "/veil.v1.SumService/RunSum"
+    #: a contributor's part is logged under this method; ``veil audit replay`` replays it too
+    peer_methods = ("/veil.v1.PeerService/ContributeSum",)
 
     def __init__(self) -> None:
         self._pending: OrderedDict[tuple[str, str, str], tuple[x25519.X25519PrivateKey, float]] = (

@@ -499,3 +499,71 @@ def test_a_job_with_a_bad_paillier_modulus_is_refused_at_submission_over_the_wir
     [entry] = [e for e in entries(members["bank-b"]) if e.get("method", "").endswith("SubmitJob")]
     assert entry["status"] == "INVALID_ARGUMENT"
     assert not any(e.get("event") == "job.submitted" for e in entries(members["bank-b"]))
+
+
+# --------------------------------------------------------------------------- adversarial totals
+
+
+def _loans_with_fee(path: Path, rows: list[tuple[str, Decimal, Decimal]]) -> Path:
+    import csv
+
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["loan_id", "industry", "region", "exposure", "fee"])
+        for i, (industry, exposure, fee) in enumerate(rows):
+            w.writerow([f"{path.stem}-{i:05d}", industry, "north", f"{exposure:.2f}", f"{fee:.2f}"])
+    return path
+
+
+def test_totals_over_adversarial_values_equal_numpy_on_the_plaintext(
+    federation: Federation, tmp_path: Path, start_nodes, paillier_keys: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """Negatives, zeros, local sums of exactly +bound and -bound, a total beyond one node's
+    bound, fractions, a group withheld at one node, a group nobody has, two columns."""
+    import numpy
+
+    bound = Decimal("1000000")
+    rng = random.Random(99)
+    D = Decimal
+    rows = {
+        "bank-a": [("energy", D(0), D("-0.01"))] * 9 + [("energy", bound, D("-0.01"))]
+        + [("retail", bound / 10, D("0.00"))] * 10,                      # +bound, +bound
+        "bank-b": [("energy", -bound / 10, D("-0.99"))] * 10             # exactly -bound
+        + [("retail", D(0), D(0))] * 12,                                 # zeros
+        "bank-c": [("retail", bound / 20, D("0.01"))] * 20               # +bound again
+        + [("transport", D(rng.randint(-6_000_000, 6_000_000)) / 100, D(rng.randint(-999, 999)) / 100)
+           for _ in range(15)]
+        + [("energy", D("-12345.67"), D("1.00"))] * 3,                   # withheld (< 10)
+    }
+    sources = {n: _loans_with_fee(tmp_path / f"{n}.csv", r) for n, r in rows.items()}
+    members = start_nodes(sources, levels={**LEVELS, "fee": "sensitive"}, key_column="loan_id")
+    nodes = "".join(f'[[nodes]]\nname = "{m.name}"\naddress = "{m.address}"\ndataset = "loans"\n'
+                    f'columns = ["exposure", "fee", "industry"]\n' for m in members.values())
+    text = (f'purpose = "adversarial totals"\nkind = "sum"\nexpires = "1d"\n[quota]\nruns = 1\n'
+            f'{nodes}[params]\naggregator = "bank-a"\ncolumns = ["exposure", "fee"]\n'
+            f'group_by = "industry"\ncategories = {json.dumps(INDUSTRIES)}\nscale = 2\n'
+            f'bound = "{bound}"\npaillier_key = "{paillier_keys / keys.PUBLIC_FILE}"\n')
+    job = submit_and_approve(federation, members, text)
+    with Client(members["bank-a"].address, federation.identity(*ALICE), node="bank-a") as c:
+        result = c.run_sum(job, keys.load_private(paillier_keys))
+    # numpy on the plaintext, in exact cents, groups below 10 rows dropped per node
+    want = {col: numpy.zeros(len(INDUSTRIES), dtype=numpy.int64) for col in ("exposure", "fee")}
+    counts = numpy.zeros(len(INDUSTRIES), dtype=numpy.int64)
+    withheld = numpy.zeros(len(INDUSTRIES), dtype=numpy.int64)
+    for data in rows.values():
+        g = numpy.array([INDUSTRIES.index(r[0]) for r in data])
+        for col, i in (("exposure", 1), ("fee", 2)):
+            cents = numpy.array([int(r[i] * 100) for r in data], dtype=numpy.int64)
+            per = numpy.bincount(g, weights=None, minlength=len(INDUSTRIES))
+            sums = numpy.array([cents[g == k].sum() for k in range(len(INDUSTRIES))])
+            want[col] += numpy.where(per >= 10, sums, 0)
+        per = numpy.bincount(g, minlength=len(INDUSTRIES))
+        counts += numpy.where(per >= 10, per, 0)
+        withheld += per < 10
+    for col in ("exposure", "fee"):
+        got = [int(v * 100) for v in result.totals[col].tolist()]
+        assert got == want[col].tolist(), col
+        assert all(isinstance(v, Decimal) for v in result.totals[col].tolist())
+    assert result.counts.tolist() == counts.tolist() == [20, 42, 15, 0]
+    assert result.withheld.tolist() == withheld.tolist() == [1, 0, 2, 3]
+    assert result.totals["exposure"].tolist()[:2] == [0, 2 * bound]  # +B - B; B + 0 + B

@@ -567,3 +567,77 @@ def test_totals_over_adversarial_values_equal_numpy_on_the_plaintext(
     assert result.counts.tolist() == counts.tolist() == [20, 42, 15, 0]
     assert result.withheld.tolist() == withheld.tolist() == [1, 0, 2, 3]
     assert result.totals["exposure"].tolist()[:2] == [0, 2 * bound]  # +B - B; B + 0 + B
+
+
+class _CompromisedNode(sum_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
+    """bank-b, compromised: its own certificate and signing key, a well-formed mask key,
+    and a part whose ciphertexts are not in the key's range (>= n^2)."""
+
+    def __init__(self, home: Any, params: Any, nodes: int) -> None:
+        self.home, self.params, self.nodes = home, params, nodes
+
+    def PrepareSum(self, request: Any, context: Any) -> sum_pb2.MaskKey:
+        statement = sumkind._mask_statement(request.job_id, request.run_id, "bank-b",
+                                            x25519.X25519PrivateKey.generate().public_key())
+        return sum_pb2.MaskKey(
+            node="bank-b", statement=statement,
+            signature=self.home.identity.sign(sumkind.MASK_KEY_DOMAIN + statement),
+            certificate_pem=self.home.identity.read_tls_cert().decode())
+
+    def ContributeSum(self, request: Any, context: Any) -> sum_pb2.SumPart:
+        from veil.node.jobs._sum import packings
+
+        p = self.params
+        size = (2 * p.paillier_n.bit_length() + 7) // 8
+        s, c, f = packings(p, self.nodes)
+        bad = b"\xff" * size
+        return sum_pb2.SumPart(node="bank-b",
+                               sums=[bad] * s.plaintexts_for(p.groups * len(p.columns)),
+                               counts=[bad] * c.plaintexts_for(p.groups),
+                               withheld=[bad] * f.plaintexts_for(p.groups))
+
+
+def test_a_peer_part_with_ciphertexts_outside_the_keys_range_is_refused_naming_the_node(
+    federation: Federation, banks  # type: ignore[no-untyped-def]
+) -> None:
+    from concurrent import futures
+
+    from veil.node.jobs import sum_params
+
+    members, data = banks()
+    b = members["bank-b"]
+    b.node.stop(grace=0)
+    ident = b.home.identity
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+        [(ident.read_tls_key(), ident.read_tls_cert())], root_certificates=ident.read_ca_cert(),
+        require_client_auth=True))
+    text = sum_job(members, _keys[0]).replace(f'"{b.address}"', f'"127.0.0.1:{port}"')
+    alice = pki.load_identity(federation.identity(*ALICE))
+    signed = sign_job_text(text, alice, base_dir=Path("/"))
+    sum_pb2_grpc.add_PeerServiceServicer_to_server(
+        _CompromisedNode(b.home, sum_params(spec_from_canonical(signed.canonical).params), 3),
+        server)
+    server.start()
+    try:
+        for m in (members["bank-a"], members["bank-c"]):
+            with Client(m.address, alice, node=m.name) as c:
+                job = c.submit_signed(signed).id
+            for who in ("operator", "subject-representative"):
+                with Client(m.address, federation.identity(who, f"r-{m.name}")) as c:
+                    if c.job(job).state != "approved":
+                        c.approve(job)
+        err = run_refused(federation, members, job)
+    finally:
+        server.stop(0)
+    assert err.status == "INVALID_ARGUMENT"
+    assert "node 'bank-b' sent a ciphertext that is not under the job's key" in str(err)
+    [agg] = calls(members["bank-a"], "RunSum", job)
+    assert agg["status"] == "INVALID_ARGUMENT" and "'bank-b'" in agg["message"]
+    assert agg["details"]["sum"]["failed"] == ["bank-b"]
+    assert agg["details"]["sum"]["contributed"] == ["bank-b", "bank-c"]
+    assert "meters" not in agg and "result_sha256" not in agg and salts(members["bank-a"]) == 0
+    # bank-c sent its part (its log says so, with its commitment); no total was released
+    [part] = calls(members["bank-c"], "ContributeSum", job)
+    assert part["status"] == "OK" and len(part["details"]["sum"]["commitment"]) == 64
+    no_plaintext(members["bank-c"], data["bank-c"])

@@ -154,10 +154,15 @@ class SumKind:
         receipts = []
         for n in peers:
             part, receipt = answers[n.name]
-            if part.node != n.name:
-                raise VerificationError(f"node {n.name!r} answered for {part.node!r}")
-            for column, blobs in zip(columns, (part.sums, part.counts, part.withheld)):
-                column.append(_ciphertexts(key, blobs, len(column[0]), n.name))
+            try:
+                if part.node != n.name:
+                    raise VerificationError(f"node {n.name!r} answered for {part.node[:64]!r}")
+                for column, blobs in zip(columns, (part.sums, part.counts, part.withheld)):
+                    column.append(_ciphertexts(key, blobs, len(column[0]), n.name))
+            except VeilError:
+                call.details = {"sum": {"run": run_id, "step": "add", "failed": [n.name],
+                                        "contributed": list(answers)}}
+                raise
             receipts.append(sum_pb2.NodeReceipt(node=n.name, receipt=receipt))
         sums, counts, withheld = (
             [paillier.ciphertext_to_bytes(key, enc.rerandomize(c)) for c in enc.add_vectors(v)]

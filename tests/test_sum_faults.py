@@ -28,6 +28,7 @@ from veil.node.errors import InvalidInput, VeilError
 from veil.node.jobs import SignedJob, spec_from_canonical
 from veil.node.jobs._spec import JOB_SIGNING_PREFIX, dump_canonical
 from veil.node.kinds import sum as sumkind
+from veil.protocols import masks
 
 from tests.conftest import Federation, Member
 from tests.test_sum_wire import (
@@ -217,11 +218,14 @@ def _prepared(members: dict[str, Member], job: str) -> tuple[str, list[sum_pb2.M
 
 
 def _forged(members: dict[str, Member], job: str, run: str, node: str,
-            cert_of: str) -> sum_pb2.MaskKey:
-    """A mask key the aggregator made itself, claiming to be ``node``'s."""
-    public = x25519.X25519PrivateKey.generate().public_key()
-    statement = sumkind._mask_statement(job, run, node, public)
-    home = members["bank-a"].home
+            cert_of: str, signer: str = "bank-a", public: bytes | None = None) -> sum_pb2.MaskKey:
+    """A mask key made by ``signer``'s signing key (the aggregator's unless told), claiming
+    to be ``node``'s."""
+    statement = json.dumps(
+        {"job": job, "run": run, "node": node,
+         "x25519": (public or secrets.token_bytes(32)).hex()},
+        sort_keys=True, separators=(",", ":")).encode()
+    home = members[signer].home
     return sum_pb2.MaskKey(node=node, statement=statement,
                            signature=home.identity.sign(sumkind.MASK_KEY_DOMAIN + statement),
                            certificate_pem=members[cert_of].home.identity.read_tls_cert().decode())
@@ -238,6 +242,8 @@ def _forged(members: dict[str, Member], job: str, run: str, node: str,
     ("own-key-replayed", "INVALID_ARGUMENT",
      "the mask key of node 'bank-b' is for another job, run or node"),
     ("reordered", "INVALID_ARGUMENT", "expected one per node of the job in its order"),
+    # bank-c itself signs a low-order point (all-zero shared secret): refused, not INTERNAL
+    ("low-order-point", "INVALID_ARGUMENT", "the mask key of node 'bank-c' is a low-order point"),
 ])
 def test_a_tampered_mask_key_is_refused_and_nothing_is_encrypted(
     federation: Federation, banks, tamper: str, status: str, fragment: str  # type: ignore[no-untyped-def]
@@ -258,6 +264,9 @@ def test_a_tampered_mask_key_is_refused_and_nothing_is_encrypted(
         _, (_, _, c) = _prepared(members, job)
     elif tamper == "own-key-replayed":  # bank-b's own key, but of another run
         _, (_, b, _) = _prepared(members, job)
+    elif tamper == "low-order-point":
+        c = _forged(members, job, run, "bank-c", cert_of="bank-c", signer="bank-c",
+                    public=bytes(32))
     elif tamper == "reordered":
         a, b, c = a, c, b
     ch, stub = peer_stub(members["bank-a"].home.identity, members["bank-b"])
@@ -577,8 +586,8 @@ class _CompromisedNode(sum_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
         self.home, self.params, self.nodes = home, params, nodes
 
     def PrepareSum(self, request: Any, context: Any) -> sum_pb2.MaskKey:
-        statement = sumkind._mask_statement(request.job_id, request.run_id, "bank-b",
-                                            x25519.X25519PrivateKey.generate().public_key())
+        statement = masks.statement(request.job_id, request.run_id, "bank-b",
+                                    x25519.X25519PrivateKey.generate().public_key())
         return sum_pb2.MaskKey(
             node="bank-b", statement=statement,
             signature=self.home.identity.sign(sumkind.MASK_KEY_DOMAIN + statement),

@@ -54,9 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from phe.paillier import PaillierPublicKey
 from veil.v1 import common_pb2, sum_pb2, sum_pb2_grpc
 
@@ -78,7 +76,7 @@ from veil.node.home import NodeHome
 from veil.node.jobs import JobSpec, Meters, SumParams, spec_from_canonical, sum_params
 from veil.node.jobs._sum import packings
 from veil.node.kinds import Replayed
-from veil.protocols import paillier
+from veil.protocols import masks, paillier
 from veil.protocols.errors import ProtocolInputError
 
 #: a prepared run waits this long for its ContributeSum, then its key is forgotten
@@ -86,9 +84,8 @@ PENDING_TTL_S = 120.0
 MAX_PENDING = 256
 #: how long the aggregator waits for a peer's answer
 PEER_TIMEOUT_S = 120.0
-MASK_KEY_DOMAIN = b"veil-mask-key-v1\n"
+MASK_KEY_DOMAIN = masks.MASK_KEY_DOMAIN
 COMMIT_DOMAIN = b"veil-sum-commitment-v1\n"
-MASK_DOMAIN = b"veil-sum-masks-v1"
 
 
 class SumKind:
@@ -195,7 +192,7 @@ class SumKind:
                 raise FailedPrecondition("too many sum runs are being prepared at this node; "
                                          "try again in a minute")
             self._pending[(ctx.name, job, run_id)] = (private, now + PENDING_TTL_S)
-        statement = _mask_statement(job, run_id, ctx.name, private.public_key())
+        statement = masks.statement(job, run_id, ctx.name, private.public_key())
         return sum_pb2.MaskKey(node=ctx.name, statement=statement,
                                signature=ctx.home.identity.sign(MASK_KEY_DOMAIN + statement),
                                certificate_pem=ctx.cert_pem)
@@ -213,7 +210,7 @@ class SumKind:
             )
         private = pending[0]
         publics = _open_mask_keys(ctx, spec, grant.id, run_id, mask_keys)
-        if publics[ctx.name] != _raw(private.public_key()):
+        if publics[ctx.name] != masks.raw_public(private.public_key()):
             raise VerificationError(
                 f"the mask key given for this node ({ctx.name}) is not the one it made for "
                 f"run {run_id}: the aggregator substituted it"
@@ -227,9 +224,13 @@ class SumKind:
         vectors = [sums_pack.pack(local.sum_slots()), counts_pack.pack(local.count_slots()),
                    flags_pack.pack(local.flag_slots())]
         plain = [m for v in vectors for m in v]
-        masks = _masks(spec, grant.id, run_id, ctx.name, private, publics, key.n, len(plain))
+        try:
+            pads = masks.masks(grant.id, run_id, [n.name for n in spec.nodes], ctx.name,
+                               private, publics, key.n, len(plain))
+        except masks.InvalidMaskKey as exc:
+            raise VerificationError(str(exc)) from None
         enc = self._encryptor(key)
-        cts = enc.encrypt_all([(m + r) % key.n for m, r in zip(plain, masks)])
+        cts = enc.encrypt_all([(m + r) % key.n for m, r in zip(plain, pads)])
         salt = secrets.token_bytes(32)
         commitment = _commit(local.encode(), salt)
         a, b = len(vectors[0]), len(vectors[0]) + len(vectors[1])
@@ -404,15 +405,6 @@ def _aggregate(result: sandbox.QueryResult, p: SumParams) -> _Local:
     return _Local(p, sums, counts)
 
 
-def _mask_statement(job: str, run_id: str, node: str, public: x25519.X25519PublicKey) -> bytes:
-    return json.dumps({"job": job, "run": run_id, "node": node, "x25519": _raw(public).hex()},
-                      sort_keys=True, separators=(",", ":")).encode()
-
-
-def _raw(public: x25519.X25519PublicKey) -> bytes:
-    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
 def _open_mask_keys(ctx: NodeContext, spec: JobSpec, job: str, run_id: str,
                     keys: Sequence[sum_pb2.MaskKey]) -> dict[str, bytes]:
     """Every node's mask key, each checked: its certificate (this federation's CA, a node
@@ -434,47 +426,10 @@ def _open_mask_keys(ctx: NodeContext, spec: JobSpec, job: str, run_id: str,
             raise VerificationError(f"the mask key of node {k.node!r} has a bad signature: "
                                     "it was altered or not made by that node") from None
         try:
-            doc = json.loads(k.statement)
-            public = bytes.fromhex(doc["x25519"])
-            bound = (doc["job"], doc["run"], doc["node"])
-        except (ValueError, KeyError, TypeError):
-            raise InvalidInput(f"the mask key of node {k.node!r} is malformed") from None
-        if bound != (job, run_id, k.node) or len(public) != 32:
-            raise VerificationError(f"the mask key of node {k.node!r} is for another job, run "
-                                    "or node: a replayed key")
-        out[k.node] = public
+            out[k.node] = masks.open_statement(k.statement, job, run_id, k.node)
+        except masks.InvalidMaskKey as exc:
+            raise VerificationError(str(exc)) from None
     return out
-
-
-def _masks(spec: JobSpec, job: str, run_id: str, me: str, private: x25519.X25519PrivateKey,
-           publics: Mapping[str, bytes], n: int, count: int) -> list[int]:
-    """This node's mask vector mod n: Σ_{j after me} m_(me,j) − Σ_{j before me} m_(j,me),
-    where m_(i,j) is expanded from the X25519 secret of nodes i and j; the vectors of all
-    nodes sum to zero mod n. Each value is drawn from 128 bits more than n and reduced, so
-    its bias from uniform is below 2^-128."""
-    names = [p.name for p in spec.nodes]
-    width = (n.bit_length() + 128 + 7) // 8
-    total = [0] * count
-    mine = names.index(me)
-    for j, other in enumerate(names):
-        if other == me:
-            continue
-        shared = private.exchange(x25519.X25519PublicKey.from_public_bytes(publics[other]))
-        if shared == bytes(32):
-            raise VerificationError(f"the mask key of node {other!r} is a low-order point")
-        first, second = (me, other) if mine < j else (other, me)
-        stream = _expand(shared, f"{job}|{run_id}|{first}|{second}|{n}|{count}".encode(),
-                         width * count)
-        sign = 1 if mine < j else -1
-        for i in range(count):
-            total[i] += sign * int.from_bytes(stream[i * width:(i + 1) * width], "big")
-    return [t % n for t in total]
-
-
-def _expand(secret: bytes, info: bytes, length: int) -> bytes:
-    """HKDF-SHA256 to a key, then SHAKE-256 to ``length`` bytes (HKDF stops at 8 KiB)."""
-    prk = HKDF(algorithm=hashes.SHA256(), length=32, salt=MASK_DOMAIN, info=info).derive(secret)
-    return hashlib.shake_256(prk).digest(length)
 
 
 def _commit(data: bytes, salt: bytes) -> str:

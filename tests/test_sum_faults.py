@@ -419,7 +419,8 @@ def test_a_node_whose_policy_does_not_allow_sums_refuses_the_job_and_the_others_
                                 base_dir=Path("/"))
     refused = answers["bank-c"]
     assert isinstance(refused, VeilError) and refused.status == "PERMISSION_DENIED"
-    assert "sum" in str(refused) and members["bank-c"].address in str(refused)
+    assert str(refused).startswith(f"{members['bank-c'].address}: PERMISSION_DENIED: ")
+    assert "this node does not run sum jobs (policy.allow_kinds: psi, query)" in str(refused)
     assert not isinstance(answers["bank-a"], VeilError)
     assert not isinstance(answers["bank-b"], VeilError)
     [entry] = [e for e in entries(members["bank-c"]) if e.get("method", "").endswith("SubmitJob")]
@@ -650,3 +651,74 @@ def test_a_peer_part_with_ciphertexts_outside_the_keys_range_is_refused_naming_t
     [part] = calls(members["bank-c"], "ContributeSum", job)
     assert part["status"] == "OK" and len(part["details"]["sum"]["commitment"]) == 64
     no_plaintext(members["bank-c"], data["bank-c"])
+
+
+class _VanishingNode(sum_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
+    """bank-c with its own keys: answers PrepareSum, then goes down while asked for its part."""
+
+    def __init__(self, home: Any) -> None:
+        self.home = home
+        self.server: Any = None
+
+    def PrepareSum(self, request: Any, context: Any) -> sum_pb2.MaskKey:
+        statement = masks.statement(request.job_id, request.run_id, "bank-c",
+                                    x25519.X25519PrivateKey.generate().public_key())
+        return sum_pb2.MaskKey(
+            node="bank-c", statement=statement,
+            signature=self.home.identity.sign(sumkind.MASK_KEY_DOMAIN + statement),
+            certificate_pem=self.home.identity.read_tls_cert().decode())
+
+    def ContributeSum(self, request: Any, context: Any) -> sum_pb2.SumPart:
+        self.server.stop(0).wait()
+        return sum_pb2.SumPart(node="bank-c")
+
+
+def test_a_node_going_down_after_its_key_fails_the_run_and_every_log_says_what_it_sent(
+    federation: Federation, banks  # type: ignore[no-untyped-def]
+) -> None:
+    from concurrent import futures
+
+    members, data = banks()
+    c = members["bank-c"]
+    c.node.stop(grace=0)
+    ident = c.home.identity
+    vanishing = _VanishingNode(c.home)
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    vanishing.server = server
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+        [(ident.read_tls_key(), ident.read_tls_cert())], root_certificates=ident.read_ca_cert(),
+        require_client_auth=True))
+    sum_pb2_grpc.add_PeerServiceServicer_to_server(vanishing, server)
+    server.start()
+    address = f"127.0.0.1:{port}"
+    text = sum_job(members, _keys[0]).replace(f'"{c.address}"', f'"{address}"')
+    alice = pki.load_identity(federation.identity(*ALICE))
+    signed = sign_job_text(text, alice, base_dir=Path("/"))
+    try:
+        for m in (members["bank-a"], members["bank-b"]):
+            with Client(m.address, alice, node=m.name) as cl:
+                job = cl.submit_signed(signed).id
+            for who in ("operator", "subject-representative"):
+                with Client(m.address, federation.identity(who, f"v-{m.name}")) as cl:
+                    if cl.job(job).state != "approved":
+                        cl.approve(job)
+        err = run_refused(federation, members, job)
+    finally:
+        server.stop(0)
+    assert err.status == "UNAVAILABLE", err
+    assert f"node 'bank-c' at {address} could not be reached" in str(err)
+    assert "no total was released" in str(err)
+    [agg] = calls(members["bank-a"], "RunSum", job)
+    assert agg["status"] == "UNAVAILABLE" and "meters" not in agg
+    assert agg["details"]["sum"]["step"] == "contribute"
+    assert agg["details"]["sum"]["failed"] == ["bank-c"]
+    assert agg["details"]["sum"]["contributed"] == ["bank-b"]
+    assert salts(members["bank-a"]) == 0  # the aggregator's own part was never committed
+    # bank-b sent its part: its entry says so, with its commitment and ciphertext digest
+    [part] = calls(members["bank-b"], "ContributeSum", job)
+    assert part["status"] == "OK" and part["meters"]["runs"] == 1
+    assert len(part["details"]["sum"]["commitment"]) == 64
+    assert len(part["details"]["sum"]["parts_sha256"]) == 64
+    assert salts(members["bank-b"]) == 1
+    for n in ("bank-a", "bank-b"):
+        no_plaintext(members[n], data[n])

@@ -9,10 +9,17 @@ One run, as the job's aggregator drives it (``SumService.RunSum``, called by the
 2. **Parts.** The aggregator sends every node all the keys (``PeerService.ContributeSum``).
    Each node checks every key's certificate and signature, computes its local aggregate
    through its own sandbox under its own policy (the same rules as a query: classification,
-   negative lists, minimum group size), encodes it in fixed point, packs it into Paillier
-   plaintexts, adds its pairwise masks and encrypts under the analyst's key from the job.
+   negative lists, minimum group size), drops the rows of any category the job does not
+   declare (they count nowhere, not even as withheld), refuses (``PolicyDenied``, naming the
+   column) a local sum beyond the job's bound before anything is encrypted, encodes it in
+   fixed point, packs it into Paillier plaintexts, adds its pairwise masks
+   (``veil.protocols.masks``) and encrypts under the analyst's key from the job.
 3. **Total.** The aggregator multiplies the parts (adding the plaintexts), re-randomizes the
    result and returns it with every node's receipt. The masks cancel only in the total.
+
+A run that fails at any node (refused, unreachable, a malformed part) releases nothing: the
+analyst's error names every failing node, and the aggregator's entry records the step
+(``prepare``, ``contribute``, ``add``), the failed nodes and those that had sent a part.
 
 What each party learns (semi-honest nodes, as in DESIGN.md's threat model):
 

@@ -34,6 +34,7 @@ from veil.node.errors import (
     InvalidInput,
     NotFound,
     PolicyDenied,
+    QuotaExhausted,
 )
 from veil.node.jobs import (
     Decision,
@@ -341,8 +342,13 @@ class Grants:
         else:
             with self.lock:
                 found = self.get(job)
-        _check_runnable(found, caller, kind)
-        found.quota.check(found.used, Meters(runs=1))
+        try:
+            _check_runnable(found, caller, kind)
+            found.quota.check(found.used, Meters(runs=1))
+        except (ApprovalRequired, QuotaExhausted) as exc:
+            # a job spans nodes: say which node's approvals or quota stop it
+            exc.args = (f"node {self.config.name!r}: {exc}",)
+            raise
         return Grant(found)
 
     def charge(self, grant: Grant, caller: Identity, method: str, meters: Meters) -> Effect:

@@ -92,9 +92,10 @@ def get(name: str) -> JobKind:
 
 
 def by_method(method: str) -> JobKind | None:
-    """The kind whose call (or a node's part of it: ``replays``) was logged as ``method``."""
+    """The kind whose call (or a node's part of it) was logged as ``method``."""
     for k in REGISTRY.values():
-        if method == k.method or method in getattr(k, "replays", ()):
+        # a kind whose part also runs on a peer's call (a sum's ContributeSum) replays that too
+        if method == k.method or method in getattr(k, "peer_methods", ()):
             return k
     return None
 

@@ -9,10 +9,17 @@ One run, as the job's aggregator drives it (``SumService.RunSum``, called by the
 2. **Parts.** The aggregator sends every node all the keys (``PeerService.ContributeSum``).
    Each node checks every key's certificate and signature, computes its local aggregate
    through its own sandbox under its own policy (the same rules as a query: classification,
-   negative lists, minimum group size), encodes it in fixed point, packs it into Paillier
-   plaintexts, adds its pairwise masks and encrypts under the analyst's key from the job.
+   negative lists, minimum group size), drops the rows of any category the job does not
+   declare (they count nowhere, not even as withheld), refuses (``PolicyDenied``, naming the
+   column) a local sum beyond the job's bound before anything is encrypted, encodes it in
+   fixed point, packs it into Paillier plaintexts, adds its pairwise masks
+   (``veil.protocols.masks``) and encrypts under the analyst's key from the job.
 3. **Total.** The aggregator multiplies the parts (adding the plaintexts), re-randomizes the
    result and returns it with every node's receipt. The masks cancel only in the total.
+
+A run that fails at any node (refused, unreachable, a malformed part) releases nothing: the
+analyst's error names every failing node, and the aggregator's entry records the step
+(``prepare``, ``contribute``, ``add``), the failed nodes and those that had sent a part.
 
 What each party learns (semi-honest nodes, as in DESIGN.md's threat model):
 
@@ -54,9 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from phe.paillier import PaillierPublicKey
 from veil.v1 import common_pb2, sum_pb2, sum_pb2_grpc
 
@@ -78,7 +83,7 @@ from veil.node.home import NodeHome
 from veil.node.jobs import JobSpec, Meters, SumParams, spec_from_canonical, sum_params
 from veil.node.jobs._sum import packings
 from veil.node.kinds import Replayed
-from veil.protocols import paillier
+from veil.protocols import masks, paillier
 from veil.protocols.errors import ProtocolInputError
 
 #: a prepared run waits this long for its ContributeSum, then its key is forgotten
@@ -86,16 +91,15 @@ PENDING_TTL_S = 120.0
 MAX_PENDING = 256
 #: how long the aggregator waits for a peer's answer
 PEER_TIMEOUT_S = 120.0
-MASK_KEY_DOMAIN = b"veil-mask-key-v1\n"
+MASK_KEY_DOMAIN = masks.MASK_KEY_DOMAIN
 COMMIT_DOMAIN = b"veil-sum-commitment-v1\n"
-MASK_DOMAIN = b"veil-sum-masks-v1"
 
 
 class SumKind:
     name = "sum"
     method = "/veil.v1.SumService/RunSum"
-    #: a contributor's part is logged under the peer call; it is replayed the same way
-    replays = ("/veil.v1.PeerService/ContributeSum",)
+    #: a contributor's part is logged under this method; ``veil audit replay`` replays it too
+    peer_methods = ("/veil.v1.PeerService/ContributeSum",)
 
     def __init__(self) -> None:
         self._pending: OrderedDict[tuple[str, str, str], tuple[x25519.X25519PrivateKey, float]] = (
@@ -132,25 +136,37 @@ class SumKind:
                        for n in peers}
             own = self.prepare_key(ctx, grant.id, run_id)
             keys = {ctx.name: own}
-            for name, f in futures.items():
-                keys[name] = f.result()[0]
+            keys.update({name: answer[0] for name, answer in
+                         _gather(futures, call, run_id, "prepare").items()})
             ordered = [keys[n.name] for n in spec.nodes]
             contribute = sum_pb2.ContributeSumRequest(job_id=grant.id, run_id=run_id,
                                                       mask_keys=ordered)
             parts = {n.name: pool.submit(_peer_call, ctx, n.name, n.address, "ContributeSum",
                                          contribute) for n in peers}
-            mine = self.contribute_part(ctx, grant, run_id, ordered)
-            answers = {name: f.result() for name, f in parts.items()}
+            try:
+                mine = self.contribute_part(ctx, grant, run_id, ordered)
+            except VeilError:
+                concurrent.futures.wait(parts.values())
+                sent = [name for name, f in parts.items() if f.exception() is None]
+                call.details = {"sum": {"run": run_id, "step": "contribute",
+                                        "failed": [ctx.name], "contributed": sent}}
+                raise
+            answers = _gather(parts, call, run_id, "contribute")
         key = PaillierPublicKey(p.paillier_n)
         enc = self._encryptor(key)
         columns: list[list[list[int]]] = [[v] for v in mine.vectors]  # per vector, per node
         receipts = []
         for n in peers:
             part, receipt = answers[n.name]
-            if part.node != n.name:
-                raise VerificationError(f"node {n.name!r} answered for {part.node!r}")
-            for column, blobs in zip(columns, (part.sums, part.counts, part.withheld)):
-                column.append(_ciphertexts(key, blobs, len(column[0]), n.name))
+            try:
+                if part.node != n.name:
+                    raise VerificationError(f"node {n.name!r} answered for {part.node[:64]!r}")
+                for column, blobs in zip(columns, (part.sums, part.counts, part.withheld)):
+                    column.append(_ciphertexts(key, blobs, len(column[0]), n.name))
+            except VeilError:
+                call.details = {"sum": {"run": run_id, "step": "add", "failed": [n.name],
+                                        "contributed": list(answers)}}
+                raise
             receipts.append(sum_pb2.NodeReceipt(node=n.name, receipt=receipt))
         sums, counts, withheld = (
             [paillier.ciphertext_to_bytes(key, enc.rerandomize(c)) for c in enc.add_vectors(v)]
@@ -183,7 +199,7 @@ class SumKind:
                 raise FailedPrecondition("too many sum runs are being prepared at this node; "
                                          "try again in a minute")
             self._pending[(ctx.name, job, run_id)] = (private, now + PENDING_TTL_S)
-        statement = _mask_statement(job, run_id, ctx.name, private.public_key())
+        statement = masks.statement(job, run_id, ctx.name, private.public_key())
         return sum_pb2.MaskKey(node=ctx.name, statement=statement,
                                signature=ctx.home.identity.sign(MASK_KEY_DOMAIN + statement),
                                certificate_pem=ctx.cert_pem)
@@ -201,7 +217,7 @@ class SumKind:
             )
         private = pending[0]
         publics = _open_mask_keys(ctx, spec, grant.id, run_id, mask_keys)
-        if publics[ctx.name] != _raw(private.public_key()):
+        if publics[ctx.name] != masks.raw_public(private.public_key()):
             raise VerificationError(
                 f"the mask key given for this node ({ctx.name}) is not the one it made for "
                 f"run {run_id}: the aggregator substituted it"
@@ -215,9 +231,13 @@ class SumKind:
         vectors = [sums_pack.pack(local.sum_slots()), counts_pack.pack(local.count_slots()),
                    flags_pack.pack(local.flag_slots())]
         plain = [m for v in vectors for m in v]
-        masks = _masks(spec, grant.id, run_id, ctx.name, private, publics, key.n, len(plain))
+        try:
+            pads = masks.masks(grant.id, run_id, [n.name for n in spec.nodes], ctx.name,
+                               private, publics, key.n, len(plain))
+        except masks.InvalidMaskKey as exc:
+            raise VerificationError(str(exc)) from None
         enc = self._encryptor(key)
-        cts = enc.encrypt_all([(m + r) % key.n for m, r in zip(plain, masks)])
+        cts = enc.encrypt_all([(m + r) % key.n for m, r in zip(plain, pads)])
         salt = secrets.token_bytes(32)
         commitment = _commit(local.encode(), salt)
         a, b = len(vectors[0]), len(vectors[0]) + len(vectors[1])
@@ -385,21 +405,12 @@ def _aggregate(result: sandbox.QueryResult, p: SumParams, node: str) -> _Local:
             if abs(d) > p.bound:
                 raise PolicyDenied(
                     f"column {c}: a local sum at node {node!r} exceeds the job's bound "
-                    f"({p.bound}); it encrypted and sent nothing, and no total was released"
+                    f"({p.bound}); it encrypted and sent nothing"
                 )
             values.append(d)
         sums[g] = values
         counts[g] = int(arrays["n"].tolist()[row])
     return _Local(p, sums, counts)
-
-
-def _mask_statement(job: str, run_id: str, node: str, public: x25519.X25519PublicKey) -> bytes:
-    return json.dumps({"job": job, "run": run_id, "node": node, "x25519": _raw(public).hex()},
-                      sort_keys=True, separators=(",", ":")).encode()
-
-
-def _raw(public: x25519.X25519PublicKey) -> bytes:
-    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def _open_mask_keys(ctx: NodeContext, spec: JobSpec, job: str, run_id: str,
@@ -413,54 +424,20 @@ def _open_mask_keys(ctx: NodeContext, spec: JobSpec, job: str, run_id: str,
     out = {}
     for k in keys:
         peer = ctx.trust.identify(k.certificate_pem.encode())
-        federation.check_peer(peer, k.node)
+        if peer.role != "node" or peer.name != k.node:
+            raise VerificationError(
+                f"the mask key of node {k.node!r} is not certified for that node: its "
+                f"certificate is for {peer.role} {peer.name[:64]!r}")
         try:
             peer.verify(k.signature, MASK_KEY_DOMAIN + k.statement)
         except VerificationError:
             raise VerificationError(f"the mask key of node {k.node!r} has a bad signature: "
                                     "it was altered or not made by that node") from None
         try:
-            doc = json.loads(k.statement)
-            public = bytes.fromhex(doc["x25519"])
-            bound = (doc["job"], doc["run"], doc["node"])
-        except (ValueError, KeyError, TypeError):
-            raise InvalidInput(f"the mask key of node {k.node!r} is malformed") from None
-        if bound != (job, run_id, k.node) or len(public) != 32:
-            raise VerificationError(f"the mask key of node {k.node!r} is for another job, run "
-                                    "or node: a replayed key")
-        out[k.node] = public
+            out[k.node] = masks.open_statement(k.statement, job, run_id, k.node)
+        except masks.InvalidMaskKey as exc:
+            raise VerificationError(str(exc)) from None
     return out
-
-
-def _masks(spec: JobSpec, job: str, run_id: str, me: str, private: x25519.X25519PrivateKey,
-           publics: Mapping[str, bytes], n: int, count: int) -> list[int]:
-    """This node's mask vector mod n: Σ_{j after me} m_(me,j) − Σ_{j before me} m_(j,me),
-    where m_(i,j) is expanded from the X25519 secret of nodes i and j; the vectors of all
-    nodes sum to zero mod n. Each value is drawn from 128 bits more than n and reduced, so
-    its bias from uniform is below 2^-128."""
-    names = [p.name for p in spec.nodes]
-    width = (n.bit_length() + 128 + 7) // 8
-    total = [0] * count
-    mine = names.index(me)
-    for j, other in enumerate(names):
-        if other == me:
-            continue
-        shared = private.exchange(x25519.X25519PublicKey.from_public_bytes(publics[other]))
-        if shared == bytes(32):
-            raise VerificationError(f"the mask key of node {other!r} is a low-order point")
-        first, second = (me, other) if mine < j else (other, me)
-        stream = _expand(shared, f"{job}|{run_id}|{first}|{second}|{n}|{count}".encode(),
-                         width * count)
-        sign = 1 if mine < j else -1
-        for i in range(count):
-            total[i] += sign * int.from_bytes(stream[i * width:(i + 1) * width], "big")
-    return [t % n for t in total]
-
-
-def _expand(secret: bytes, info: bytes, length: int) -> bytes:
-    """HKDF-SHA256 to a key, then SHAKE-256 to ``length`` bytes (HKDF stops at 8 KiB)."""
-    prk = HKDF(algorithm=hashes.SHA256(), length=32, salt=MASK_DOMAIN, info=info).derive(secret)
-    return hashlib.shake_256(prk).digest(length)
 
 
 def _commit(data: bytes, salt: bytes) -> str:
@@ -521,8 +498,28 @@ def _peer_call(ctx: NodeContext, node: str, address: str | None, method: str,
         ch.close()
 
 
+def _gather(futures: Mapping[str, concurrent.futures.Future[Any]], call: Call, run_id: str,
+            step: str) -> dict[str, Any]:
+    """Every peer's answer to one step of the run, or one error naming every peer that
+    failed it (also recorded in the aggregator's entry): a run that fails anywhere
+    releases nothing."""
+    answers, failed = {}, {}
+    for name, future in futures.items():
+        try:
+            answers[name] = future.result()
+        except VeilError as exc:
+            failed[name] = exc
+    if failed:
+        details: dict[str, Any] = {"run": run_id, "step": step, "failed": list(failed)}
+        if step == "contribute":  # these nodes sent their part, logged at their side
+            details["contributed"] = list(answers)
+        call.details = {"sum": details}
+        raise RunFailed(failed)
+    return answers
+
+
 class PeerFailed(VeilError):
-    """A peer of the job refused or could not be reached: the run releases nothing."""
+    """A peer of the job refused or could not be reached."""
 
     def __init__(self, node: str, address: str, exc: grpc.RpcError) -> None:
         code = exc.code()  # type: ignore[attr-defined]
@@ -532,4 +529,14 @@ class PeerFailed(VeilError):
             what = f"node {node!r} at {address} could not be reached ({details})"
         else:
             what = f"node {node!r} refused its part: {code.name}: {details}"
-        super().__init__(f"{what}; no total was released")
+        super().__init__(what)
+
+
+class RunFailed(VeilError):
+    """One or more peers failed a step of the run: it releases nothing. The status is the
+    first failing node's (in the job's order); the message names every one."""
+
+    def __init__(self, failed: Mapping[str, VeilError]) -> None:
+        self.failed = dict(failed)
+        self.status = next(iter(failed.values())).status
+        super().__init__("; ".join(str(e) for e in failed.values()) + "; no total was released")

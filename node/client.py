@@ -224,7 +224,9 @@ class Client:
                 return wrong
         self._receipt(exc.trailing_metadata())  # type: ignore[attr-defined]
         code = exc.code()  # type: ignore[attr-defined]
-        error = remote_error(code.name, exc.details() or "", self.address)  # type: ignore[attr-defined]
+        where = (f"{self._expected_node} at {self.address}" if self._expected_node
+                 else self.address)  # the node's name when the caller said which node it meant
+        error = remote_error(code.name, exc.details() or "", where)  # type: ignore[attr-defined]
         error.receipt = self.last_receipt  # where the refusal was logged (None: it was not)
         return error
 

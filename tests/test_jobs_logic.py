@@ -592,7 +592,7 @@ def test_check_submission_returns_this_nodes_part() -> None:
             job(),
             NodePolicy(allow_kinds=frozenset({"sum", "psi"})),
             PolicyDenied,
-            "this node does not run query jobs (policy.allow_kinds: sum, psi)",
+            "node 'bank-a' does not run query jobs (policy.allow_kinds: sum, psi)",
         ),
         (
             job(),

@@ -419,8 +419,8 @@ def test_a_node_whose_policy_does_not_allow_sums_refuses_the_job_and_the_others_
                                 base_dir=Path("/"))
     refused = answers["bank-c"]
     assert isinstance(refused, VeilError) and refused.status == "PERMISSION_DENIED"
-    assert str(refused).startswith(f"{members['bank-c'].address}: PERMISSION_DENIED: ")
-    assert "this node does not run sum jobs (policy.allow_kinds: psi, query)" in str(refused)
+    assert str(refused).startswith(f"bank-c at {members['bank-c'].address}: PERMISSION_DENIED: ")
+    assert "node 'bank-c' does not run sum jobs (policy.allow_kinds: psi, query)" in str(refused)
     assert not isinstance(answers["bank-a"], VeilError)
     assert not isinstance(answers["bank-b"], VeilError)
     [entry] = [e for e in entries(members["bank-c"]) if e.get("method", "").endswith("SubmitJob")]

@@ -205,7 +205,7 @@ def check_submission(
     part = _part(spec, node_name)
     if spec.kind not in policy.allow_kinds:
         raise PolicyDenied(
-            f"this node does not run {spec.kind} jobs (policy.allow_kinds: "
+            f"node {node_name!r} does not run {spec.kind} jobs (policy.allow_kinds: "
             f"{', '.join(k for k in KINDS if k in policy.allow_kinds) or 'none'})"
         )
     for column, level in _levels(part, dataset_columns):

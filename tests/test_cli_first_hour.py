@@ -59,3 +59,19 @@ def test_a_port_in_use_gets_one_line_and_no_grpc_core_log(node_home: NodeHome) -
     assert f"cannot listen on 127.0.0.1:{port}" in r.stderr
     assert not GRPC_CORE_LINE.search(r.stderr), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_quota_smaller_than_one_run_is_flagged_at_submission(
+    running, federation, tmp_path  # type: ignore[no-untyped-def]
+) -> None:
+    from tests.test_jobs_wire import job_toml
+
+    spec = tmp_path / "job.toml"
+    spec.write_text(job_toml().replace("[quota]\n", "[quota]\nrows_scanned = 10\n"))
+    alice = str(federation.identity("analyst", "alice"))
+    r = run_cli("job", "submit", str(spec), "--node", running.address, "--identity", alice)
+    assert r.returncode == 0, r.stderr
+    assert "warning: the quota's rows_scanned (10) is less than one run scans (60)" in r.stderr
+    job = r.stdout.split("job ")[1].split()[0]
+    r = run_cli("job", "show", job, "--node", running.address, "--identity", alice)
+    assert "estimate: warning: the quota's rows_scanned (10)" in r.stdout

@@ -708,9 +708,16 @@ def test_estimate_for_approvers() -> None:
     capped = estimate(spec, part, 500_000, CUSTOMERS, tariff, quota=Quota(2, 600_000, 0))
     assert capped.rows_total == 600_000 and capped.max_price == Decimal("2.60")
     assert "at most 600000 (the quota's rows_scanned)" in capped.lines()[2]
+    assert not any(line.startswith("warning:") for line in capped.lines())
+    # a quota smaller than one run: accepted as asked, but the dry run says every run fails
+    starved = estimate(spec, part, 400, CUSTOMERS, tariff, quota=Quota(5, 100, 0))
+    assert starved.lines()[-1] == (
+        "warning: the quota's rows_scanned (100) is less than one run scans (400): every run "
+        "would be refused; ask for at least 400 per run")
 
     reveals = {
-        "sum": "only the total across all nodes",
+        "sum": "per declared group: the total and row count over the nodes that contributed it, "
+               "and how many nodes withheld it (never which); no node's own part",
         "psi": "only the size of the intersection",
         "intersection_sum": "size of the intersection and the sum of values over it",
     }

@@ -43,6 +43,9 @@ def cmd_job_submit(args: argparse.Namespace) -> int:
             print(f"{where}: refused: {job}", file=sys.stderr)
         else:
             print(f"{where}: job {job.id} {job.state}; needs {', '.join(job.required_roles)}")
+            for line in job.estimate.get("lines", []):
+                if line.startswith("warning:"):  # the dry run found a problem: say so now
+                    print(f"  {line}", file=sys.stderr)
     if refused:
         print(f"veil: error: {refused} of {len(answers)} nodes refused the job; it runs only "
               "once every node it names has approved it", file=sys.stderr)

@@ -312,13 +312,20 @@ class Estimate:
         capped = f" = {self.rows_total}"
         if self.rows_total < self.rows_per_run * self.runs:
             capped = f", at most {self.rows_total} (the quota's rows_scanned)"
-        return [
+        lines = [
             f"{self.kind} job on {self.node}: dataset {self.dataset}",
             f"columns: {columns} (highest level: {self.max_level})",
             f"rows scanned: {self.rows_per_run} per run × {self.runs} runs{capped}",
             f"reveals: {self.reveals}",
             f"price: {price}",
         ]
+        if self.rows_per_run and self.rows_total < self.rows_per_run:
+            lines.append(
+                f"warning: the quota's rows_scanned ({self.rows_total}) is less than one run "
+                f"scans ({self.rows_per_run}): every run would be refused; ask for at least "
+                f"{self.rows_per_run} per run"
+            )
+        return lines
 
 
 def reveals(spec: JobSpec, *, min_group_size: int) -> str:
@@ -326,7 +333,8 @@ def reveals(spec: JobSpec, *, min_group_size: int) -> str:
     if spec.kind == "query":
         return f"aggregates over groups of ≥ {min_group_size} subjects; suppressed groups counted"
     if spec.kind == "sum":
-        return "only the total across all nodes"
+        return ("per declared group: the total and row count over the nodes that contributed "
+                "it, and how many nodes withheld it (never which); no node's own part")
     if spec.kind == "psi":
         if spec.params["output"] == "membership":
             return "which of the analyst's items are in the set"

@@ -28,6 +28,8 @@ class QueryInputs:
     sql: str
     table: sandbox.Table
     policy: sandbox.Policy
+    #: the dataset's columns the job does not list: absent from the table, named in refusals
+    unlisted: tuple[str, ...] = ()
 
     def settings(self) -> dict[str, Any]:
         """The value-free policy facts a replay needs; recorded in the call's log entry."""
@@ -68,15 +70,25 @@ def inputs_for(sql: str, columns_used: Sequence[str], ds: DatasetVersion, snapsh
             denied_columns=policy.denied_columns_for(ds.name, [c.name for c in ds.columns]),
             denied_functions=frozenset(policy.deny_functions),
         ),
+        unlisted=tuple(c.name for c in ds.columns if c.name not in allowed),
     )
 
 
 @contextmanager
-def _as_veil_errors(refused: str) -> Iterator[None]:
+def _as_veil_errors(refused: str, q: QueryInputs | None = None) -> Iterator[None]:
     """The one translation of sandbox errors into Veil's: refusals keep their kind."""
     try:
         yield
     except sandbox.QueryRejected as exc:
+        unlisted = {c.casefold(): c for c in (q.unlisted if q is not None else ())}
+        name = exc.construct.removeprefix("column '").removesuffix("'")
+        if exc.construct.startswith("column '") and name.casefold() in unlisted and q is not None:
+            listed = ", ".join(c.name for c in q.table.columns if c.name != q.table.key_column)
+            raise PolicyDenied(
+                f"query refused: column '{unlisted[name.casefold()]}' of {q.table.name} is not "
+                f"in the job's columns for this node (it lists: {listed}); add it to the "
+                "node's `columns` in the job file, so approvers see it, and submit again"
+            ) from None
         raise PolicyDenied(f"query refused: {exc}") from None
     except sandbox.QueryLimitExceeded as exc:
         raise ResourceLimit(f"query {refused}: {exc}") from None
@@ -92,13 +104,13 @@ def normalize(sql: str) -> str:
 
 def validate(q: QueryInputs, lim: sandbox.Limits) -> Any:
     """Validate without touching data; sandbox refusals become Veil errors."""
-    with _as_veil_errors("refused"):
+    with _as_veil_errors("refused", q):
         return sandbox.validate(q.sql, [q.table], q.policy, lim)
 
 
 def run(q: QueryInputs, lim: sandbox.Limits, workers: sandbox.Workers) -> sandbox.QueryResult:
     """Validate and run in one of the node's sandbox worker processes, under ``lim``."""
-    with _as_veil_errors("stopped"):
+    with _as_veil_errors("stopped", q):
         return workers.run(q.sql, [q.table], q.policy, lim)
 
 

@@ -157,6 +157,16 @@ def test_wrong_role_forged_and_double_approvals(people, federation: Federation,
         people["sam"].approve(job.id, quota={"runs": 99})
 
 
+def test_a_sql_column_the_job_does_not_list_is_named_as_unlisted(people) -> None:
+    sql = "SELECT region, age_band, COUNT(*) AS n FROM customers GROUP BY region, age_band"
+    with pytest.raises(PolicyDenied) as info:
+        people["alice"].submit_job(job_toml(sql, columns='"region", "amount"'))
+    assert ("column 'age_band' of customers is not in the job's columns for this node "
+            "(it lists: region, amount)") in str(info.value)
+    with pytest.raises(PolicyDenied, match="column 'nope' does not exist in customers"):
+        people["alice"].submit_job(job_toml("SELECT SUM(nope) AS s FROM customers"))
+
+
 def test_rejection_is_final_and_explained(people) -> None:
     job = people["alice"].submit_job(job_toml())
     people["olga"].approve(job.id)

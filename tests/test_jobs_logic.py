@@ -94,7 +94,7 @@ def parse(text: str, **kw) -> JobSpec:
 def job(
     kind: str = "query",
     *,
-    quota: str = "runs = 10\nrows_scanned = 1000000\nitems = 0",
+    quota: str = "runs = 10\nrows_scanned = 1000000",
     nodes: tuple[tuple[str, str, list[str]], ...] | None = None,
     params: str | None = None,
     expires: str = "2027-06-30T00:00:00Z",
@@ -151,7 +151,7 @@ def test_parse_fills_defaults_and_normalizes_sql() -> None:
     )
     assert spec.params["sql"] == "SELECT region, COUNT(*) FROM customers GROUP BY region"
     assert spec.expires == datetime(2027, 6, 30, tzinfo=UTC)
-    assert spec.quota == Quota(runs=10, rows_scanned=1_000_000, items=0)
+    assert spec.quota == Quota(runs=10, rows_scanned=1_000_000, items=None)
     assert spec.part("bank-a") == NodePart("bank-a", "customers", ("region", "amount"))
     assert spec.part("bank-z") is None
     assert parse(job("psi")).params["output"] == "cardinality"  # the least revealing
@@ -184,7 +184,7 @@ def _without(text: str, line_start: str) -> str:
         (_without(job(), "kind"), "'kind' is required"),
         (_without(job(), "expires"), "'expires' is required"),
         (
-            job().replace("[quota]\nruns = 10\nrows_scanned = 1000000\nitems = 0\n", ""),
+            job().replace("[quota]\nruns = 10\nrows_scanned = 1000000\n", ""),
             "'quota' is required",
         ),
         (job().split("[[nodes]]")[0] + '[params]\nsql = "SELECT 1"\n', "'nodes' is required"),
@@ -199,6 +199,9 @@ def _without(text: str, line_start: str) -> str:
         (job(quota="runs = 0"), "quota.runs: must be at least 1"),
         (job(quota="rows_scanned = 5"), "quota.runs: required"),
         (job(quota="runs = 1\nitems = -1"), "quota.items: expected a non-negative integer"),
+        (job(quota="runs = 1\nitems = 0"), "quota.items: must be at least 1, got 0; omit items "
+                                           "for no cap"),
+        (job(quota="runs = 1\nrows_scanned = 0"), "quota.rows_scanned: must be at least 1"),
         (job(quota="runs = 1.5"), "quota.runs: expected a non-negative integer"),
         (job(quota="runs = true"), "quota.runs: expected a non-negative integer"),
         (job(quota="runs = 1\nresult_rows = 5"), "quota.result_rows: not a quota meter"),
@@ -443,7 +446,7 @@ def decision(
 
 def test_decision_sign_and_verify() -> None:
     key = Ed25519PrivateKey.generate()
-    d = decision(quota=Quota(runs=2, rows_scanned=None, items=0), reason="ok for 2 runs")
+    d = decision(quota=Quota(runs=2, rows_scanned=None, items=None), reason="ok for 2 runs")
     signed = sign_decision(d, key)
     assert verify_decision(signed.canonical, signed.signature, key.public_key()) == d
     assert decision_from_canonical(signed.canonical) == d
@@ -695,15 +698,15 @@ def test_estimate_for_approvers() -> None:
             "items": Decimal("0.0001"),
         },
     )
-    spec = parse(job())  # runs 10, rows_scanned 1,000,000, items 0
+    spec = parse(job())  # runs 10, rows_scanned 1,000,000, items uncapped
     part = spec.part("bank-a")
     est = estimate(spec, part, 50_000, CUSTOMERS, tariff, min_group_size=10)
     assert est.columns == (("region", "public"), ("amount", "sensitive"))
     assert est.max_level == "sensitive"
     assert (est.rows_per_run, est.runs, est.rows_total) == (50_000, 10, 500_000)
     assert est.reveals == "aggregates over groups of ≥ 10 subjects; suppressed groups counted"
-    assert est.max_price == Decimal("11.00")  # 10 × 1.00 + 1,000,000 × 0.000001 + 0
-    assert est.uncapped == ("result_rows",)
+    assert est.max_price == Decimal("11.00")  # 10 × 1.00 + 1,000,000 × 0.000001
+    assert set(est.uncapped) == {"result_rows", "items"}
     assert any("11.00 CNY" in line for line in est.lines())
     capped = estimate(spec, part, 500_000, CUSTOMERS, tariff, quota=Quota(2, 600_000, 0))
     assert capped.rows_total == 600_000 and capped.max_price == Decimal("2.60")

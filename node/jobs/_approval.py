@@ -167,8 +167,10 @@ def check_narrowing(requested: Quota, proposed: Quota) -> None:
                 f"approval quota widens {name}: the job requested {asked}, the approval "
                 f"gives {offered}; an approval may only narrow a quota"
             )
-    if proposed.runs == 0:
-        raise InvalidInput("approval quota: runs = 0 would approve nothing; reject the job instead")
+    for name in QUOTA_METERS:  # the job file's rule: a cap is at least 1
+        if getattr(proposed, name) == 0:
+            raise InvalidInput(f"approval quota: {name} = 0 would approve nothing; reject the "
+                               "job instead")
 
 
 def effective_quota(

@@ -419,8 +419,11 @@ def _quota_from_toml(table: object) -> Quota:
     if "runs" not in table:
         raise InvalidInput("quota.runs: required, at least 1")
     values = {k: _check_count(v, f"quota.{k}") for k, v in table.items()}
-    if values["runs"] < 1:
-        raise InvalidInput(f"quota.runs: must be at least 1, got {values['runs']}")
+    # one rule for every meter: a value caps it (and 0 would allow nothing); omit it for no cap
+    for name, value in values.items():
+        if value < 1:
+            hint = "" if name == "runs" else f"; omit {name} for no cap"
+            raise InvalidInput(f"quota.{name}: must be at least 1, got {value}{hint}")
     return Quota(**values)
 
 

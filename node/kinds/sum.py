@@ -391,13 +391,15 @@ def _aggregate(result: sandbox.QueryResult, p: SumParams, node: str) -> _Local:
     counts: list[int | None] = [None] * p.groups
     keys = arrays["g"].tolist() if p.group_by else [None] * len(arrays["n"])
     quantum = Decimal(1).scaleb(-p.scale)
+    columns = [arrays[f"s{i}"].tolist() for i in range(len(p.columns))]  # once: O(groups)
+    rows = arrays["n"].tolist()
     for row, key in enumerate(keys):
         g = index.get(None if key is None and not p.group_by else str(key))
         if g is None:
             continue
         values = []
         for i, c in enumerate(p.columns):
-            v = arrays[f"s{i}"].tolist()[row]
+            v = columns[i][row]
             d = Decimal(0) if v is None else (Decimal(repr(v)) if isinstance(v, float) else Decimal(v))
             if not d.is_finite():
                 raise InvalidInput(f"column {c}: the local sum is not a finite number")
@@ -409,7 +411,7 @@ def _aggregate(result: sandbox.QueryResult, p: SumParams, node: str) -> _Local:
                 )
             values.append(d)
         sums[g] = values
-        counts[g] = int(arrays["n"].tolist()[row])
+        counts[g] = int(rows[row])
     return _Local(p, sums, counts)
 
 

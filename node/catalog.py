@@ -50,6 +50,8 @@ class DatasetVersion:
     receipt: bytes
     signature: bytes
     log_index: int
+    #: the newest version of its dataset (what a new job pins); set by the SDK's listings
+    latest: bool = False
 
     def levels(self) -> dict[str, str]:
         return {c.name: c.level for c in self.columns}

@@ -13,6 +13,8 @@ and the signed checkpoint covering it) is in ``last_receipt``. A refusal raises 
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -261,11 +263,11 @@ class Client:
     def datasets(self) -> list[DatasetVersion]:
         """Every version of every dataset: names, schemas, levels, row counts, receipts."""
         r = self.call(self._catalog.ListDatasets, catalog_pb2.ListDatasetsRequest())
-        return [dataset_version_from_proto(d.name, v) for d in r.datasets for v in d.versions]
+        return [v for d in r.datasets for v in _marked(d.name, d.versions)]
 
     def dataset(self, name: str) -> list[DatasetVersion]:
         r = self.call(self._catalog.GetDataset, catalog_pb2.GetDatasetRequest(name=name))
-        return [dataset_version_from_proto(r.name, v) for v in r.versions]
+        return _marked(r.name, r.versions)
 
     def dataset_receipts(self) -> list[tuple[DatasetVersion, str]]:
         """Each dataset version with the PEM certificate of the node that signed it."""
@@ -316,10 +318,12 @@ class Client:
                       jobs_pb2.SignedJob(canonical=signed.canonical, signature=signed.signature))
         return JobInfo.from_proto(r)
 
-    def submit_job(self, toml_text: str, *, base_dir: Path | None = None) -> JobInfo:
-        """Parse, normalize, sign (with this identity's key) and submit a job spec;
-        ``base_dir`` is the job file's directory (for a sum job's ``paillier_key``)."""
-        return self.submit_signed(sign_job_text(toml_text, self.identity, base_dir=base_dir))
+    def submit_job(self, job: str | Path, *, base_dir: Path | None = None) -> JobInfo:
+        """Parse, normalize, sign (with this identity's key) and submit a job spec: a job
+        file's path, or its TOML text. ``base_dir`` resolves a sum job's ``paillier_key``
+        (default: the job file's directory; for text, the current directory)."""
+        text, base = job_text(job)
+        return self.submit_signed(sign_job_text(text, self.identity, base_dir=base_dir or base))
 
     def jobs(self, *, analyst: str = "", state: str = "") -> list[JobInfo]:
         r = self.call(self._jobs.ListJobs, jobs_pb2.ListJobsRequest(analyst=analyst, state=state))
@@ -417,7 +421,25 @@ class Client:
         )
 
 
-def submit_everywhere(toml_text: str, identity: Path | str | pki.LocalIdentity, *,
+def job_text(job: str | Path) -> tuple[str, Path | None]:
+    """A job given as a path (``Path``, or a one-line string naming a file) or as TOML text
+    -> (text, the directory its relative paths are resolved from)."""
+    if isinstance(job, Path) or ("\n" not in job and job.endswith(".toml")):
+        path = Path(job).expanduser()
+        try:
+            return path.read_text(), path.parent
+        except OSError as exc:
+            raise InvalidInput(f"cannot read job file {path}: {exc.strerror}") from None
+    return job, None
+
+
+def _marked(name: str, versions: Any) -> list[DatasetVersion]:
+    out = [dataset_version_from_proto(name, v) for v in versions]
+    newest = max((v.version for v in out), default=None)
+    return [dataclasses.replace(v, latest=v.version == newest) for v in out]
+
+
+def submit_everywhere(toml_text: str | Path, identity: Path | str | pki.LocalIdentity, *,
                       base_dir: Path | None = None) -> dict[str, JobInfo | VeilError]:
     """Sign a job once and submit the same signed job to every node it names, at the
     address the job gives, checking each node's certificate; the id is the same everywhere.
@@ -426,7 +448,8 @@ def submit_everywhere(toml_text: str, identity: Path | str | pki.LocalIdentity, 
 
     ident = identity if isinstance(identity, pki.LocalIdentity) else pki.load_identity(
         Path(identity).expanduser())
-    signed = sign_job_text(toml_text, ident, base_dir=base_dir)
+    text, base = job_text(toml_text)
+    signed = sign_job_text(text, ident, base_dir=base_dir or base)
     spec = spec_from_canonical(signed.canonical)
     out: dict[str, JobInfo | VeilError] = {}
     for part in spec.nodes:

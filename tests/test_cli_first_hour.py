@@ -75,3 +75,33 @@ def test_a_quota_smaller_than_one_run_is_flagged_at_submission(
     job = r.stdout.split("job ")[1].split()[0]
     r = run_cli("job", "show", job, "--node", running.address, "--identity", alice)
     assert "estimate: warning: the quota's rows_scanned (10)" in r.stdout
+
+
+def test_the_sdk_takes_a_job_file_or_its_text_and_marks_the_latest_dataset_version(
+    running, federation, tmp_path, client_for  # type: ignore[no-untyped-def]
+) -> None:
+    from veil.node import catalog
+
+    from tests.conftest import write_customers
+    from tests.test_jobs_wire import job_toml
+
+    alice = client_for("analyst", "alice")
+    spec = tmp_path / "job.toml"
+    spec.write_text(job_toml())
+    by_path = alice.submit_job(spec)
+    by_name = alice.submit_job(str(spec))  # a one-line string naming a .toml file
+    by_text = alice.submit_job(job_toml(purpose="The same study, from text"))
+    assert by_path.purpose == by_name.purpose == "Spend by region for a footprint study"
+    assert by_text.purpose == "The same study, from text"
+    home = running.ctx.home
+    conn, log = home.connect(), home.open_log()
+    try:
+        catalog.register(conn, log, home.identity, home.snapshots, node=home.config.name,
+                         name="customers", source=write_customers(tmp_path / "v2.csv", 70),
+                         key_column="customer_id", levels={})
+    finally:
+        log.close()
+        conn.close()
+    versions = [(v.name, v.version, v.latest) for v in alice.datasets()]
+    assert versions == [("customers", 1, False), ("customers", 2, True)]
+    assert [v.latest for v in alice.dataset("customers")] == [False, True]

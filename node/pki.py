@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -177,6 +178,8 @@ class IssuedIdentity:
     signing_key: Path
     ca_cert: Path
     not_after: datetime
+    #: serials of the certificates this one rotated (still valid until revoked)
+    supersedes: tuple[int, ...] = ()
 
 
 class LocalIdentity:
@@ -492,8 +495,15 @@ def issue(
     hosts: Iterable[str] = (),
     days: int = 365,
     not_before: datetime | None = None,
+    unique: bool = False,
+    rotate: bool = False,
 ) -> IssuedIdentity:
     """Issue a certificate for ``(role, name)`` and write the identity files into ``out_dir``.
+
+    With ``unique`` (what ``veil pki issue`` does), a name that already holds a valid
+    (unexpired, unrevoked) certificate in that role is refused unless ``rotate``; a rotation
+    is recorded in ``rotations.jsonl`` with the serials it supersedes (which stay valid until
+    revoked, so the holder can switch over first).
 
     ``hosts`` adds SubjectAltNames (DNS names or IP addresses) to a node certificate on top of
     localhost, 127.0.0.1 and ::1. ``not_before`` (default: now) and ``days`` set the validity;
@@ -572,6 +582,16 @@ def issue(
         CA_CRT: (fed.ca_cert.read_bytes(), 0o644),
     }
     with _locked(fed.directory):
+        current = current_certificates(fed.directory, role, name) if unique else []
+        if current and not rotate:
+            serials = ", ".join(f"{c.serial_number:#x}" for c in current)
+            until = max(c.not_valid_after_utc for c in current)
+            raise AlreadyExists(
+                f"{role} {name!r} already has a valid certificate (serial {serials}, valid "
+                f"until {until:%Y-%m-%d}); to issue a new one pass --rotate (the old one stays "
+                f"valid until you revoke it with `veil pki revoke {fed.directory} --serial "
+                "SERIAL`)"
+            )
         created = not out_dir.exists()
         placed = _place_identity(out_dir, files)
         try:
@@ -579,6 +599,14 @@ def issue(
             issued.mkdir(exist_ok=True)
             _write(issued / f"{cert.serial_number:x}.crt", cert_pem)
             _fsync_dir(issued)
+            if current:  # a rotation: say what it supersedes, append-only
+                line = json.dumps({"time": _now().isoformat(), "role": role, "name": name,
+                                   "serial": f"{cert.serial_number:#x}",
+                                   "supersedes": [f"{c.serial_number:#x}" for c in current]})
+                with (fed.directory / ROTATIONS).open("a") as f:
+                    f.write(line + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
         except BaseException:
             for path in placed:
                 path.unlink(missing_ok=True)
@@ -597,6 +625,7 @@ def issue(
         signing_key=out_dir / SIGN_KEY,
         ca_cert=out_dir / CA_CRT,
         not_after=cert.not_valid_after_utc,
+        supersedes=tuple(c.serial_number for c in current),
     )
 
 
@@ -770,6 +799,30 @@ def revoke(
         new = _build_crl(ca_cert, ca_key, [*crl, entry], number=_crl_number(crl) + 1, now=now)
         _replace_atomically(fed.crl, new.public_bytes(serialization.Encoding.PEM))
     return target.serial_number
+
+
+ROTATIONS = "rotations.jsonl"
+
+
+def current_certificates(directory: Path, role: str, name: str) -> list[x509.Certificate]:
+    """The unexpired, unrevoked certificates the federation in ``directory`` issued to
+    ``(role, name)``."""
+    fed = _federation(directory)
+    ca_cert = _load_pem_cert(fed.ca_cert, "federation CA certificate")
+    crl = _load_crl(directory / CRL_PEM, ca_cert)
+    now = _now()
+    out = []
+    for cert in _issued_certificates(directory):
+        subject = {a.oid: a.value for a in cert.subject}
+        if (subject.get(NameOID.ORGANIZATIONAL_UNIT_NAME), subject.get(NameOID.COMMON_NAME)) != (
+                role, name):
+            continue
+        if cert.not_valid_after_utc <= now:
+            continue
+        if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+            continue
+        out.append(cert)
+    return out
 
 
 def _issued_certificates(directory: Path) -> list[x509.Certificate]:

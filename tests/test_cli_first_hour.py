@@ -105,3 +105,34 @@ def test_the_sdk_takes_a_job_file_or_its_text_and_marks_the_latest_dataset_versi
     versions = [(v.name, v.version, v.latest) for v in alice.datasets()]
     assert versions == [("customers", 1, False), ("customers", 2, True)]
     assert [v.latest for v in alice.dataset("customers")] == [False, True]
+
+
+def test_pki_issue_for_a_name_with_a_valid_certificate_needs_rotate_and_records_it(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    import json
+
+    fed = tmp_path / "fed"
+    assert run_cli("pki", "init", str(fed), "--federation", "f").returncode == 0
+    first = run_cli("pki", "issue", str(fed), "--role", "analyst", "--name", "alice", "--out",
+                    str(tmp_path / "a1"))
+    assert first.returncode == 0, first.stderr
+    serial = first.stdout.split("(serial ")[1].split(")")[0]
+    again = run_cli("pki", "issue", str(fed), "--role", "analyst", "--name", "alice", "--out",
+                    str(tmp_path / "a2"))
+    assert again.returncode == 1 and "already has a valid certificate" in again.stderr
+    assert serial in again.stderr and "--rotate" in again.stderr
+    assert not (tmp_path / "a2").exists()  # nothing half-written
+    other_role = run_cli("pki", "issue", str(fed), "--role", "auditor", "--name", "alice",
+                         "--out", str(tmp_path / "au"))
+    assert other_role.returncode == 0, other_role.stderr  # one name, another role: its own
+    rotated = run_cli("pki", "issue", str(fed), "--role", "analyst", "--name", "alice", "--out",
+                      str(tmp_path / "a2"), "--rotate")
+    assert rotated.returncode == 0 and f"supersedes serial {serial}" in rotated.stdout
+    [record] = [json.loads(x) for x in (fed / "rotations.jsonl").read_text().splitlines()]
+    assert record["role"] == "analyst" and record["name"] == "alice"
+    assert record["supersedes"] == [serial]
+    assert run_cli("pki", "revoke", str(fed), "--serial", serial).returncode == 0
+    after = run_cli("pki", "issue", str(fed), "--role", "analyst", "--name", "alice", "--out",
+                    str(tmp_path / "a3"))
+    assert after.returncode == 1  # the rotated one is still valid

@@ -23,8 +23,13 @@ def cmd_pki_issue(args: argparse.Namespace) -> int:
     from veil.node import pki
 
     issued = pki.issue(
-        Path(args.dir), args.role, args.name, Path(args.out), hosts=tuple(args.host), days=args.days
+        Path(args.dir), args.role, args.name, Path(args.out), hosts=tuple(args.host),
+        days=args.days, unique=True, rotate=args.rotate,
     )
+    if issued.supersedes:
+        old = ", ".join(f"{serial:#x}" for serial in issued.supersedes)
+        print(f"  rotated: supersedes serial {old} (recorded in {Path(args.dir) / pki.ROTATIONS});"
+              " revoke it once the new identity is installed")
     print(f"issued {issued.role} {issued.name!r} (serial {issued.serial:#x}) into {issued.directory}")
     print(f"  valid until {issued.not_after:%Y-%m-%d}; private keys are readable by the owner only")
     return 0
@@ -73,6 +78,8 @@ def register(c: Commands) -> None:
     p.add_argument("--out", required=True, metavar="OUTDIR")
     p.add_argument("--host", action="append", default=[], help="extra DNS name or IP (nodes)")
     p.add_argument("--days", type=int, default=365)
+    p.add_argument("--rotate", action="store_true",
+                   help="issue although the name holds a valid certificate (recorded)")
     p = c.command(g, "revoke", cmd_pki_revoke, "add a certificate to the federation's CRL")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--name")

@@ -39,6 +39,25 @@ def veil(*args: str, check: bool = True, show: bool = True) -> subprocess.Comple
     return r
 
 
+CHECKPOINT_NOTE = """
+  A checkpoint is the node's signed statement of its log: three lines (origin: the node's
+  log name; size: how many entries; root: the Merkle root hash over all of them) and the
+  node's signature. A receipt is a log index plus the checkpoint it was included under;
+  `veil audit prove` checks one against the other. The log grows between commands because
+  every call is logged, the auditor's own reads included.
+"""
+
+FINISHED = """
+demo finished: everything above ran against three real nodes over mTLS.
+  Everything is under {root}: federation/ (the CA), bank-a/ bank-b/ bank-c/ (node
+  directories: node.toml, state.db, the log and snapshots), alice/ olga/ sam/ audrey/
+  (identities), alice-key/ (the analyst's Paillier key), *-job.toml, receipts, statement.json.
+  Try next: `veil audit log demo-run/bank-a` reads a log offline; `veil node serve
+  demo-run/bank-a --detach` brings a bank back for jobs of your own (its policy and tariff
+  are in demo-run/bank-a/node.toml); the README walks through every step by hand.
+"""
+
+
 def banner(text: str) -> None:
     print(f"\n{'=' * 78}\n{text}\n{'=' * 78}", flush=True)
 
@@ -79,13 +98,13 @@ def main() -> int:
     ROOT.mkdir()
     procs: list[subprocess.Popen[str]] = []
     try:
-        banner("1. The federation operator creates a CA and issues identities")
+        banner("1. [federation operator] creates a CA and issues one identity per person")
         veil("pki", "init", "federation", "--federation", "demo")
         for role, name in [("analyst", "alice"), ("operator", "olga"),
                            ("subject-representative", "sam"), ("auditor", "audrey")]:
             veil("pki", "issue", "federation", "--role", role, "--name", name, "--out", name)
 
-        banner("2. Each data holder creates a node and registers a dataset")
+        banner("2. [data holders] each bank creates its node and registers a dataset; the data stays here")
         addresses: dict[str, str] = {}
         for node in BANKS:
             veil("node", "init", node, "--name", node, "--federation", "federation")
@@ -100,20 +119,21 @@ def main() -> int:
             proc, addresses[node] = start_node(node)
             procs.append(proc)
 
-        banner("3. An analyst sees what each node offers: names, schemas, levels, row counts")
+        banner("3. [analyst alice] sees what a node offers: names, schemas, levels, row counts; no values")
         veil("dataset", "list", "--node", addresses["bank-a"], "--identity", "alice")
 
         _jobs_and_queries(addresses)
         _federated_sum(addresses)
 
-        banner("11. An auditor verifies every node's log and keeps their checkpoints; each bank "
-               "replays its own part of the sum")
+        banner("11. [auditor audrey] verifies every node's log and keeps its checkpoint; [bank-b] "
+               "replays its part of the sum")
         for addr in addresses.values():
             veil("audit", "verify", "--node", addr, "--identity", "audrey", "--state", "auditor")
+        print(CHECKPOINT_NOTE, flush=True)
         veil("audit", "log", "--node", addresses["bank-a"], "--identity", "audrey",
              "--outcome", "PERMISSION_DENIED")
         veil("audit", "replay", "bank-b")
-        print("\ndemo finished: everything above ran against real nodes over mTLS", flush=True)
+        print(FINISHED.format(root=ROOT), flush=True)
         return 0
     finally:
         for proc in procs:
@@ -127,7 +147,7 @@ def main() -> int:
 
 def _jobs_and_queries(addresses: dict[str, str]) -> None:
     a = addresses["bank-a"]
-    banner("4. The analyst submits a signed query job; bank-a's policy wants two approvals")
+    banner("4. [analyst alice] submits a signed query job; bank-a's policy wants two approvals")
     shutil.copy(EXAMPLES / "query-job.toml", ROOT / "query-job.toml")
     r = veil("job", "submit", "query-job.toml", "--node", a, "--identity", "alice")
     job = re.search(r"job ([0-9a-f]{32})", r.stdout)
@@ -135,18 +155,18 @@ def _jobs_and_queries(addresses: dict[str, str]) -> None:
     job_id = job.group(1)
     veil("job", "show", job_id, "--node", a, "--identity", "olga")
 
-    banner("5. The operator approves (narrowing the quota); one approval is not enough")
+    banner("5. [operator olga, bank-a] approves, narrowing the quota; one approval is not enough")
     veil("job", "approve", job_id, "--node", a, "--identity", "olga", "--runs", "3")
     r = veil("query", job_id, "--node", a, "--identity", "alice", check=False)
     assert r.returncode != 0, "the query ran with one approval of two"
 
-    banner("6. The subjects' representative approves too (two-sided); now the query runs")
+    banner("6. [subjects' representative sam] approves too (two-sided); alice's query runs")
     veil("job", "approve", job_id, "--node", a, "--identity", "sam")
     veil("query", job_id, "--node", a, "--identity", "alice", "--receipt-out",
          "query-receipt.json")
     print("\n  (the 'islands' region has 4 customers: its groups were suppressed, only counted)")
 
-    banner("7. Refusals are answered precisely, and logged like everything else")
+    banner("7. [analyst alice] tries what she may not: refusals are precise, and logged too")
     bad = ROOT / "peek-job.toml"
     bad.write_text((EXAMPLES / "query-job.toml").read_text().replace(
         'columns = ["region", "age_band", "amount"]', 'columns = ["region", "amount"]').split(
@@ -154,7 +174,7 @@ def _jobs_and_queries(addresses: dict[str, str]) -> None:
     veil("job", "submit", "peek-job.toml", "--node", a, "--identity", "alice", check=False)
     veil("audit", "verify", "--node", a, "--identity", "alice", check=False)
 
-    banner("8. A priced usage statement; every line cites the log entry of the call it charges")
+    banner("8. [analyst, auditor] a priced usage statement; each line cites the log entry it charges")
     veil("usage", "--node", a, "--identity", "alice")
     veil("usage", "--node", a, "--identity", "audrey", "--analyst", "alice", "--format", "json",
          "--out", "statement.json", show=False)
@@ -163,7 +183,7 @@ def _jobs_and_queries(addresses: dict[str, str]) -> None:
 
 
 def _federated_sum(addresses: dict[str, str]) -> None:
-    banner("9. The analyst asks all three banks for total amounts per region, in one signed job")
+    banner("9. [analyst alice] asks all three banks for total amounts per region, in one signed job")
     print("  The analyst's Paillier key is named in the job, so every approval binds it; the\n"
           "  private key never leaves the analyst's machine (2048 bits here for speed; the\n"
           "  default is 3072).", flush=True)
@@ -178,7 +198,7 @@ def _federated_sum(addresses: dict[str, str]) -> None:
     assert job is not None
     job_id = job.group(1)
 
-    banner("10. Each bank's own approvers decide on its own part; the job runs once all have")
+    banner("10. [each bank's approvers] decide on their own part; the sum runs once all have")
     for role in ("olga", "sam"):
         veil("job", "approve", job_id, "--node", addresses["bank-a"], "--identity", role,
              show=role == "olga")

@@ -183,7 +183,8 @@ def main(argv: list[str]) -> int:
             print(f"set-up (not timed): 3 nodes, {2 * cats:,} rows each, job submitted and "
                   f"approved in {time.perf_counter() - setup_start:.1f} s\n")
             runs = []
-            with Client(nodes[NODES[0]].address, root / "alice", node=NODES[0]) as alice:
+            with Client(nodes[NODES[0]].address, root / "alice", node=NODES[0],
+                        timeout=600) as alice:
                 alice.job(job_id)  # connect outside the measurement
                 for label in ("cold", "warm"):
                     cpu0 = {n: tree_cpu_seconds(v.proc.pid) for n, v in nodes.items()}

@@ -1,10 +1,14 @@
 """Sum vector: 100,000 totals across three node processes vs one stock phe ciphertext per value.
 
-``python -m benchmarks sum_vector [--categories 100000] [--sample 200]``
+``python -m benchmarks sum_vector [--columns 16] [--categories 6250] [--sample 200]``
 
-The vector is one column (``amount``) grouped by a public column (``cat``) over
-``--categories`` declared categories: 100,000 totals by default (plus, as every sum job
-carries them, 100,000 row counts and 100,000 withheld flags). Each of three nodes
+The vector is ``--columns`` columns (``a0`` ...) grouped by a public column (``cat``) over
+``--categories`` declared categories: 16 x 6,250 = 100,000 totals by default (plus, as every
+sum job carries them, one row count and one withheld flag per category). One column over
+100,000 categories (``--columns 1 --categories 100000``) does not finish: the node's
+``_aggregate`` (node/kinds/sum.py) calls ``.tolist()`` on whole result columns once per
+group, quadratic in the groups (~300 s per node at 100,000), beyond the aggregator's
+120 s peer deadline. Each of three nodes
 (``veil node serve`` in its own process, its own node directory, one federation) holds two
 rows per category (its ``min_group_size`` is set to 2, so no group is withheld), integer
 amounts in [-1000, 1000]. The job is submitted to all three and approved before anything
@@ -49,20 +53,17 @@ from benchmarks._federation import (
 )
 from benchmarks._table import header, table, timed, verdict
 
-LEVELS = {"cat": "public", "amount": "sensitive"}
-
-
-def _write(categories: int) -> tuple[dict[str, np.ndarray], object]:
+def _write(categories: int, columns: int) -> tuple[dict[str, np.ndarray], object]:
     amounts: dict[str, np.ndarray] = {}
 
     def write(name: str, path: Path) -> None:
         rng = np.random.default_rng(NODES.index(name) + 1)
-        a = rng.integers(-1000, 1001, size=2 * categories, dtype=np.int64)
+        a = rng.integers(-1000, 1001, size=(2 * categories, columns), dtype=np.int64)
         amounts[name] = a
         cats = np.arange(2 * categories) % categories
         with path.open("w") as f:
-            f.write("id,cat,amount\n")
-            f.write("".join(f"{name}-{i},{c},{v}\n"
+            f.write("id,cat," + ",".join(f"a{j}" for j in range(columns)) + "\n")
+            f.write("".join(f"{name}-{i},{c}," + ",".join(map(str, v)) + "\n"
                             for i, (c, v) in enumerate(zip(cats.tolist(), a.tolist()))))
 
     return amounts, write
@@ -85,7 +86,7 @@ def _phe_baseline(pk, sk, sample: int) -> dict[str, float]:  # type: ignore[no-u
     return {"encrypt": enc, "add": add, "decrypt": dec}
 
 
-def _replay_steps(node: Node, job_id: str, private, categories: int) -> list[tuple[str, float]]:  # type: ignore[no-untyped-def]
+def _replay_steps(node: Node, job_id: str, private, categories: int, columns: int) -> list[tuple[str, float]]:  # type: ignore[no-untyped-def]
     """The nodes' steps for one node's part (and the aggregator's and the analyst's), timed
     here on bank-a's snapshot with the node's own code paths."""
     from veil.node.jobs import spec_from_canonical, sum_params
@@ -106,17 +107,18 @@ def _replay_steps(node: Node, job_id: str, private, categories: int) -> list[tup
     [parquet] = node.home.snapshots.rglob("*.parquet")  # the node's one dataset version
     steps: list[tuple[str, float]] = []
     con = duckdb.connect()
+    items = ", ".join(f"SUM(a{j})" for j in range(columns))
     rows, t = timed(lambda: con.execute(
-        f"SELECT cat AS g, SUM(amount) AS s0, COUNT(*) AS n FROM read_parquet('{parquet}') "
+        f"SELECT cat AS g, {items}, COUNT(*) AS n FROM read_parquet('{parquet}') "
         "GROUP BY cat").fetchall())
     steps.append(("local query (raw DuckDB on the snapshot, in-process)", t))
-    by = {str(g): (s, n) for g, s, n in rows}
-    sums = [int(by[c][0]) if c in by else None for c in p.categories]
-    counts = [int(by[c][1]) if c in by else None for c in p.categories]
+    by = {str(r[0]): r[1:] for r in rows}
+    sums = [None if c not in by else int(by[c][j]) for c in p.categories for j in range(columns)]
+    counts = [int(by[c][-1]) if c in by else None for c in p.categories]
     flags = [0 if c in by else 1 for c in p.categories]
     sp, cp, fp = packings(p, len(spec.nodes))
     plain, t = timed(lambda: sp.pack(sums) + cp.pack(counts) + fp.pack(flags))
-    steps.append((f"packing {3 * categories:,} slots into {len(plain):,} plaintexts", t))
+    steps.append((f"packing {(columns + 2) * categories:,} slots into {len(plain):,} plaintexts", t))
     from cryptography.hazmat.primitives.asymmetric import x25519
     me, others = x25519.X25519PrivateKey.generate(), [x25519.X25519PrivateKey.generate()
                                                       for _ in range(2)]
@@ -139,8 +141,8 @@ def _replay_steps(node: Node, job_id: str, private, categories: int) -> list[tup
     total, t = timed(lambda: enc.rerandomize_all(enc.add_vectors([back, back, back])))
     steps.append(("aggregation: add 3 parts + re-randomize", t))
     d = Decryptor(private)
-    a, b = sp.plaintexts_for(categories), sp.plaintexts_for(categories) + cp.plaintexts_for(
-        categories)
+    a = sp.plaintexts_for(categories * columns)
+    b = a + cp.plaintexts_for(categories)
     # decrypt the (unmasked) plaintexts of one node three times: the same shape as a total
     plain_cts = enc.encrypt_all(plain)
     _, t = timed(lambda: decode(p, 3, plain_cts[:a], plain_cts[a:b], plain_cts[b:], d))
@@ -150,16 +152,17 @@ def _replay_steps(node: Node, job_id: str, private, categories: int) -> list[tup
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks sum_vector")
-    ap.add_argument("--categories", type=int, default=100_000,
-                    help="declared categories: the length of the vector of totals")
+    ap.add_argument("--categories", type=int, default=6_250, help="declared categories")
+    ap.add_argument("--columns", type=int, default=16, help="columns summed (1-16)")
     ap.add_argument("--sample", type=int, default=200, help="phe values timed per step")
     ap.add_argument("--no-breakdown", action="store_true",
                     help="skip the in-process replay of the steps")
     args = ap.parse_args(argv)
-    if args.categories < 1 or args.sample < 5:
-        ap.error("--categories must be >= 1 and --sample >= 5")
-    cats = args.categories
-    header(f"sum_vector: {cats:,} totals (1 column x {cats:,} categories) across 3 node "
+    if args.categories < 1 or args.sample < 5 or not 1 <= args.columns <= 16:
+        ap.error("--categories must be >= 1, --columns 1-16 and --sample >= 5")
+    cats, cols = args.categories, args.columns
+    slots = cats * cols
+    header(f"sum_vector: {slots:,} totals ({cols} columns x {cats:,} categories) across 3 node "
            f"processes on loopback, 2048-bit key; phe baseline timed on {args.sample} values "
            "and scaled")
     from veil.node import keys
@@ -167,14 +170,16 @@ def main(argv: list[str]) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        amounts, write = _write(cats)
+        amounts, write = _write(cats, cols)
         (key_file := root / "key").mkdir()
         keys.generate(key_file)
         private = keys.load_private(key_file)
         setup_start = time.perf_counter()
-        with three_nodes(root, write, levels=LEVELS, key_column="id",  # type: ignore[arg-type]
+        levels = {"cat": "public", **{f"a{j}": "sensitive" for j in range(cols)}}
+        with three_nodes(root, write, levels=levels, key_column="id",  # type: ignore[arg-type]
                          min_group_size=2) as nodes:
-            text = sum_job(nodes, key_file / keys.PUBLIC_FILE, columns=["amount"],
+            names = [f"a{j}" for j in range(cols)]
+            text = sum_job(nodes, key_file / keys.PUBLIC_FILE, columns=names,
                            group_by="cat", categories=[str(i) for i in range(cats)],
                            bound="1000000")
             print(f"job text: {len(text):,} bytes (the job language's limit on a signed job "
@@ -193,31 +198,33 @@ def main(argv: list[str]) -> int:
                     me = time.process_time() - me0
                     cpu = {n: tree_cpu_seconds(v.proc.pid) - cpu0[n] for n, v in nodes.items()}
                     runs.append((label, wall, cpu, me, result))
-            expected = sum(np.bincount(np.arange(2 * cats) % cats, weights=a,
-                                       minlength=cats).astype(np.int64)
+            group = np.arange(2 * cats) % cats
+            expected = sum(np.stack([np.bincount(group, weights=a[:, j], minlength=cats)
+                                     for j in range(cols)], axis=1).astype(np.int64)
                            for a in amounts.values())
             for label, _, _, _, result in runs:
-                got = np.array([int(v) for v in result.totals["amount"]], dtype=np.int64)
+                got = np.stack([np.array([int(v) for v in result.totals[c]], dtype=np.int64)
+                                for c in names], axis=1)
                 assert np.array_equal(got, expected), f"{label} run: totals differ from numpy"
                 assert result.counts.tolist() == [6] * cats, "counts differ"
                 assert result.withheld.tolist() == [0] * cats, "withheld differ"
             print(f"totals of both runs equal numpy's over the three CSV files "
-                  f"({cats:,} groups, e.g. group 0: {int(expected[0])})\n")
+                  f"({slots:,} totals, e.g. a0 of group 0: {int(expected[0, 0])})\n")
             entries = {n: [e for e in log_entries(v, job_id)
                            if e.get("method", "").endswith(("RunSum", "ContributeSum"))]
                        for n, v in nodes.items()}
             steps = [] if args.no_breakdown else _replay_steps(
-                nodes[NODES[0]], job_id, private, cats)
+                nodes[NODES[0]], job_id, private, cats, cols)
 
     baseline = _phe_baseline(private.public_key, private, args.sample)
-    phe_enc = baseline["encrypt"] * 3 * cats
-    phe_add = baseline["add"] * cats
-    phe_dec = baseline["decrypt"] * cats
+    phe_enc = baseline["encrypt"] * 3 * slots
+    phe_add = baseline["add"] * slots
+    phe_dec = baseline["decrypt"] * slots
     phe_total = phe_enc + phe_add + phe_dec
     rows = [
-        [f"phe: encrypt 3 x {cats:,} values (SCALED from {3 * args.sample})", phe_enc, ""],
-        [f"phe: add 3 ciphertexts per value, {cats:,} (SCALED from {args.sample})", phe_add, ""],
-        [f"phe: decrypt {cats:,} totals (SCALED from {args.sample})", phe_dec, ""],
+        [f"phe: encrypt 3 x {slots:,} values (SCALED from {3 * args.sample})", phe_enc, ""],
+        [f"phe: add 3 ciphertexts per value, {slots:,} (SCALED from {args.sample})", phe_add, ""],
+        [f"phe: decrypt {slots:,} totals (SCALED from {args.sample})", phe_dec, ""],
         ["phe total, one core, no transfer (SCALED)", phe_total, 1.0],
     ]
     for label, wall, _, _, _ in runs:

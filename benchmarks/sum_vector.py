@@ -199,9 +199,9 @@ def main(argv: list[str]) -> int:
                     cpu = {n: tree_cpu_seconds(v.proc.pid) - cpu0[n] for n, v in nodes.items()}
                     runs.append((label, wall, cpu, me, result))
             group = np.arange(2 * cats) % cats
-            expected = sum(np.stack([np.bincount(group, weights=a[:, j], minlength=cats)
-                                     for j in range(cols)], axis=1).astype(np.int64)
-                           for a in amounts.values())
+            expected = np.sum([np.stack([np.bincount(group, weights=a[:, j], minlength=cats)
+                                         for j in range(cols)], axis=1).astype(np.int64)
+                               for a in amounts.values()], axis=0)
             for label, _, _, _, result in runs:
                 got = np.stack([np.array([int(v) for v in result.totals[c]], dtype=np.int64)
                                 for c in names], axis=1)

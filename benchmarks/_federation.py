@@ -118,7 +118,10 @@ def submit_and_approve(root: Path, toml_text: str) -> str:
             raise RuntimeError(f"node {name} refused the job: {job}")
         ids.add(job.id)
         spec = spec_from_canonical(job.canonical)
-        address = spec.part(name).address  # type: ignore[union-attr]
+        part = spec.part(name)
+        if part is None or part.address is None:
+            raise RuntimeError(f"the job gives no address for node {name}")
+        address = part.address
         for approver in ("olga", "sam"):
             with Client(address, root / approver, node=name) as c:
                 if c.approve(job.id).state == "approved":

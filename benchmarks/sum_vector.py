@@ -91,7 +91,7 @@ def _replay_steps(node: Node, job_id: str, private, categories: int, columns: in
     here on bank-a's snapshot with the node's own code paths."""
     from veil.node.jobs import spec_from_canonical, sum_params
     from veil.node.jobs._sum import decode, packings
-    from veil.node.kinds.sum import _masks
+    from veil.protocols import masks as mask_protocol
     from veil.protocols import paillier
     from veil.protocols.paillier import Decryptor
 
@@ -126,8 +126,8 @@ def _replay_steps(node: Node, job_id: str, private, categories: int, columns: in
     raw = {n.name: k.public_key().public_bytes(serialization.Encoding.Raw,
                                                serialization.PublicFormat.Raw)
            for n, k in zip(spec.nodes, [me, *others])}
-    masks, t = timed(lambda: _masks(spec, job_id, "0" * 32, spec.nodes[0].name, me, raw,
-                                    key.n, len(plain)))
+    masks, t = timed(lambda: mask_protocol.masks(job_id, "0" * 32, [n.name for n in spec.nodes],
+                                                 spec.nodes[0].name, me, raw, key.n, len(plain)))
     steps.append(("masks (X25519 + SHAKE-256 expansion, reduce mod n)", t))
     enc, t = timed(lambda: paillier.Encryptor(key))
     steps.append(("  encryptor table build (once per key and process)", t))

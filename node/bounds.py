@@ -41,6 +41,8 @@ DEFAULT_REQUEST_LIMIT = 64 * KIB
 REQUEST_LIMITS: dict[str, int] = {
     "/veil.v1.JobService/SubmitJob": 1024 * KIB,
     "/veil.v1.JobService/DecideJob": 256 * KIB,
+    # one signed mask key, certificate included (~1.5 KiB), per node of the largest job
+    "/veil.v1.PeerService/ContributeSum": 256 * KIB,
 }
 #: grpc's receive limit on server and client: above every limit of ours (so an oversize
 #: request reaches the gate and is logged) and above every response a node sends
@@ -102,6 +104,7 @@ class Shape:
 
 
 JOB_ID = Shape("job id", re.compile(r"[0-9a-f]{32}"), "32 lowercase hex digits")
+RUN_ID = Shape("run id", re.compile(r"[0-9a-f]{32}"), "32 lowercase hex digits")
 DATASET = Shape("dataset name", re.compile(r"[a-z_][a-z0-9_]{0,62}"),
                 "1 to 63 of a-z, 0-9 and _, not starting with a digit")
 PERSON = r"[A-Za-z0-9._-]{1,64}"
@@ -116,6 +119,9 @@ FIELDS: dict[str, dict[str, Shape]] = {
     "veil.v1.GetJobRequest": {"job_id": JOB_ID},
     "veil.v1.RevokeJobRequest": {"job_id": JOB_ID},
     "veil.v1.RunQueryRequest": {"job_id": JOB_ID},
+    "veil.v1.RunSumRequest": {"job_id": JOB_ID},
+    "veil.v1.PrepareSumRequest": {"job_id": JOB_ID, "run_id": RUN_ID},
+    "veil.v1.ContributeSumRequest": {"job_id": JOB_ID, "run_id": RUN_ID},
     "veil.v1.ListJobsRequest": {"analyst": ANALYST_FILTER, "state": STATE_FILTER},
     "veil.v1.GetStatementRequest": {"analyst": ANALYST_FILTER},
 }

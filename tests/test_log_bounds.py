@@ -60,3 +60,23 @@ def test_status_messages_are_cut_to_fit_the_trailer() -> None:
     cut = status_message("é" * 100_000)
     assert len(cut.encode()) <= MAX_STATUS_MESSAGE
     assert "message cut from 200000 bytes" in cut
+
+
+def test_every_request_carrying_a_job_or_run_id_has_its_shape_checked() -> None:
+    """A new rpc whose request carries an id must shape it before any lookup or log."""
+    from veil.node import bounds
+    from veil.node.server import tables  # noqa: F401  (imports every service's protos)
+    from google.protobuf import descriptor_pool
+
+    pool = descriptor_pool.Default()
+    missing = []
+    for name in ("jobs", "query", "sum"):
+        fd = pool.FindFileByName(f"veil/v1/{name}.proto")
+        for service in fd.services_by_name.values():
+            for method in service.methods:
+                msg = method.input_type
+                for field in ("job_id", "run_id"):
+                    if field in msg.fields_by_name and field not in bounds.FIELDS.get(
+                            msg.full_name, {}):
+                        missing.append(f"{msg.full_name}.{field}")
+    assert missing == []

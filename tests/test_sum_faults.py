@@ -722,3 +722,42 @@ def test_a_node_going_down_after_its_key_fails_the_run_and_every_log_says_what_i
     assert salts(members["bank-b"]) == 1
     for n in ("bank-a", "bank-b"):
         no_plaintext(members[n], data[n])
+
+
+def test_a_peers_huge_or_malformed_job_and_run_ids_are_refused_before_they_reach_the_log(
+    federation: Federation, banks  # type: ignore[no-untyped-def]
+) -> None:
+    """Ids a peer sends are shaped before any lookup: a 40 KiB job id never reaches the log
+    or the status message, and a run id must be the aggregator's 32 hex digits."""
+    members, _ = banks()
+    job = approved_job(federation, members)
+    ch, stub = peer_stub(federation.identity("node", "bank-a"), members["bank-b"])
+    huge = "f" * 40_000
+    with ch:
+        for method, req in (
+            ("PrepareSum", sum_pb2.PrepareSumRequest(job_id=huge, run_id="ab" * 16)),
+            ("ContributeSum", sum_pb2.ContributeSumRequest(job_id=huge, run_id="ab" * 16)),
+            ("PrepareSum", sum_pb2.PrepareSumRequest(job_id=job, run_id="x" * 5000)),
+            ("ContributeSum", sum_pb2.ContributeSumRequest(job_id=job, run_id="x" * 5000)),
+        ):
+            with pytest.raises(grpc.RpcError) as exc:
+                getattr(stub, method)(req, timeout=30)
+            assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+            assert len(exc.value.details()) < 400
+    text = json.dumps(entries(members["bank-b"]))
+    assert huge[:1000] not in text and "x" * 1000 not in text
+    assert salts(members["bank-b"]) == 0
+
+
+def test_a_contribute_request_for_the_largest_job_fits_the_nodes_request_limit() -> None:
+    """A job may name MAX_NODES nodes; the aggregator's ContributeSum carries one signed mask
+    key (certificate included) per node, so the limit must hold that many real keys."""
+    from veil.node import bounds
+    from veil.node.jobs._kinds import MAX_NODES
+
+    cert = "-----BEGIN CERTIFICATE-----\n" + "A" * 1400 + "\n-----END CERTIFICATE-----\n"
+    key = sum_pb2.MaskKey(node="n" * 64, statement=b"s" * 220, signature=b"g" * 64,
+                          certificate_pem=cert)
+    req = sum_pb2.ContributeSumRequest(job_id="a" * 32, run_id="b" * 32,
+                                       mask_keys=[key] * MAX_NODES)
+    assert req.ByteSize() <= bounds.request_limit("/veil.v1.PeerService/ContributeSum")

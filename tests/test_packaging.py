@@ -4,6 +4,7 @@ virtual environment outside the checkout, and no top-level ``node``, ``sandbox``
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,10 +18,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # built from a copy of the tracked files, as CI's clean clone has them: a build in the
+    # checkout reuses its build/ directory, whose stale modules once hid a missing package
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True,
+                             capture_output=True).stdout.decode().split("\0")
+    source = tmp_path_factory.mktemp("clean-clone")
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(out), str(ROOT)],
+         "--wheel-dir", str(out), str(source)],
         check=True, capture_output=True, text=True,
     )
     (found,) = out.glob("veil-*.whl")
@@ -35,6 +45,20 @@ def test_wheel_holds_only_the_veil_namespace(wheel: Path) -> None:
                    "veil/v1/jobs_pb2.py", "veil/node/py.typed"):
         assert module in names
     assert not any(n.startswith("veil/benchmarks") for n in names)
+
+
+def test_wheel_holds_every_package_of_the_source_tree(wheel: Path) -> None:
+    """pyproject.toml lists the packages by hand (the folders map onto ``veil.*``); a new
+    folder left off that list would install a node without it."""
+    roots = {"node": "veil/node", "sandbox": "veil/sandbox", "protocols": "veil/protocols",
+             "proto/veil": "veil"}
+    expected = {
+        str(Path(installed) / init.relative_to(ROOT / folder))
+        for folder, installed in roots.items()
+        for init in (ROOT / folder).rglob("__init__.py")
+    }
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert sorted(expected - names) == []
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 
 from veil.node.bounds import MAX_ENTRY_BYTES, echo, status_message, MAX_STATUS_MESSAGE
 from veil.node.log import EntryTooLarge, event
-from tests.test_log import new_log
+from tests.node.test_log import new_log
 
 
 def test_oversize_record_is_replaced_by_a_bounded_refusal_entry(tmp_path: Path) -> None:

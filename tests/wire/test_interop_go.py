@@ -15,7 +15,7 @@ from veil.node.server import RunningNode
 
 from conftest import Federation
 
-HANDSHAKE_GO = Path(__file__).parent / "interop" / "handshake.go"
+HANDSHAKE_GO = Path(__file__).resolve().parents[1] / "interop" / "handshake.go"
 
 
 def _go() -> str:

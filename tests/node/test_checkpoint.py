@@ -35,7 +35,7 @@ from veil.node.audit import (
 from veil.node.errors import InvalidInput, VerificationError
 
 VECTORS: dict[str, Any] = json.loads(
-    (Path(__file__).parent / "vectors" / "signed_note_vectors.json").read_text()
+    (Path(__file__).resolve().parents[1] / "vectors" / "signed_note_vectors.json").read_text()
 )
 EXAMPLE = VECTORS["signed_note_ed25519"]
 ORIGIN = "veil.example/node-a"

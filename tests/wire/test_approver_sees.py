@@ -6,7 +6,7 @@ from __future__ import annotations
 from veil import sandbox
 from veil.node.jobs import SignedJob, job_id
 from tests.conftest import run_cli
-from tests.test_jobs_wire import job_toml
+from tests.wire.test_jobs_wire import job_toml
 
 #: the SQL as the analyst signed it: DuckDB's own rendering of the parsed query
 SQL = sandbox.normalize("SELECT region, COUNT(*) AS n, SUM(amount) AS total FROM customers "

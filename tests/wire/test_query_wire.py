@@ -15,7 +15,7 @@ from veil.node.client import Client
 from veil.node.errors import PolicyDenied, ResourceLimit, VeilError
 from veil.node.server import RunningNode
 from tests.conftest import Federation, run_cli
-from tests.test_jobs_wire import job_toml
+from tests.wire.test_jobs_wire import job_toml
 
 COLUMNS = '"region", "age_band", "amount"'
 
@@ -154,7 +154,7 @@ def test_result_over_max_result_bytes_is_refused_and_logged_as_refused_not_charg
 ) -> None:
     import json
 
-    from tests.test_mutation_killers_wire import _node_with, _run
+    from tests.wire.test_mutation_killers_wire import _node_with, _run
 
     with _node_with(node_home, federation, "max_result_bytes = 1000000",
                     "max_result_bytes = 100") as who:

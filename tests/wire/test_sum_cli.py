@@ -16,7 +16,7 @@ from veil.node import keys
 from veil.node.client import Client
 
 from tests.conftest import Federation, Member, run_cli
-from tests.test_sum_wire import INDUSTRIES, expected, sum_job, three_banks  # noqa: F401
+from tests.wire.test_sum_wire import INDUSTRIES, expected, sum_job, three_banks  # noqa: F401
 
 
 def _approve_everywhere(federation: Federation, members: dict[str, Member], job_id: str) -> None:

@@ -19,7 +19,7 @@ from veil.node import keys, kinds
 from veil.node.client import Client
 
 from tests.conftest import Federation, Member, run_cli
-from tests.test_sum_wire import LEVELS, loans, random_rows, submit_and_approve, sum_job
+from tests.wire.test_sum_wire import LEVELS, loans, random_rows, submit_and_approve, sum_job
 
 
 @pytest.fixture

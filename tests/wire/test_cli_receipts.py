@@ -9,7 +9,7 @@ from pathlib import Path
 from veil.node.server import RunningNode
 
 from tests.conftest import Federation, run_cli
-from tests.test_jobs_wire import job_toml, people  # noqa: F401
+from tests.wire.test_jobs_wire import job_toml, people  # noqa: F401
 
 
 def _receipt(path: Path) -> dict:  # type: ignore[type-arg]

@@ -69,7 +69,7 @@ def _gate_and_method(running, handler):  # type: ignore[no-untyped-def]
 
 
 def _approved_job(running, client_for):  # type: ignore[no-untyped-def]
-    from tests.test_jobs_wire import job_toml
+    from tests.wire.test_jobs_wire import job_toml
 
     alice = client_for("analyst", "alice")
     job = alice.submit_job(job_toml())

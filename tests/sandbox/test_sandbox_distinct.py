@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from veil.sandbox import QueryRejected
-from tests.test_sandbox_engine import POLICY, assert_healthy, direct, query, table  # noqa: F401
+from tests.sandbox.test_sandbox_engine import POLICY, assert_healthy, direct, query, table  # noqa: F401
 
 ATTACKS = [
     # the repeated values of a large group, exactly

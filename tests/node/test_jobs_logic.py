@@ -51,7 +51,7 @@ from veil.node.jobs import (
     verify_job,
 )
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 NONCE = "00112233445566778899aabbccddeeff"
 ANALYST_KEY = Ed25519PrivateKey.generate()

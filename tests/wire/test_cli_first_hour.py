@@ -64,7 +64,7 @@ def test_a_port_in_use_gets_one_line_and_no_grpc_core_log(node_home: NodeHome) -
 def test_a_quota_smaller_than_one_run_is_flagged_at_submission(
     running, federation, tmp_path  # type: ignore[no-untyped-def]
 ) -> None:
-    from tests.test_jobs_wire import job_toml
+    from tests.wire.test_jobs_wire import job_toml
 
     spec = tmp_path / "job.toml"
     spec.write_text(job_toml().replace("[quota]\n", "[quota]\nrows_scanned = 10\n"))
@@ -83,7 +83,7 @@ def test_the_sdk_takes_a_job_file_or_its_text_and_marks_the_latest_dataset_versi
     from veil.node import catalog
 
     from tests.conftest import write_customers
-    from tests.test_jobs_wire import job_toml
+    from tests.wire.test_jobs_wire import job_toml
 
     alice = client_for("analyst", "alice")
     spec = tmp_path / "job.toml"

@@ -20,8 +20,8 @@ from veil.node.queries import normalize
 from veil.node.server import start
 from veil.v1 import jobs_pb2
 from tests.conftest import Federation
-from tests.test_jobs_wire import job_toml
-from tests.test_jobs_wire import people as people  # noqa: F401  (a fixture, used by name)
+from tests.wire.test_jobs_wire import job_toml
+from tests.wire.test_jobs_wire import people as people  # noqa: F401  (a fixture, used by name)
 
 
 def _send_decision(sender: Client, job_id: str, **changes: object) -> object:

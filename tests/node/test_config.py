@@ -12,7 +12,7 @@ from veil.sandbox import Limits
 from veil.node.errors import ConfigError
 from veil.node.jobs import ApprovalRule, Quota
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 MINIMAL = '[node]\nname = "bank-a"\n'
 

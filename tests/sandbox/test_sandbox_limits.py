@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from veil.sandbox import Limits, QueryLimitExceeded, Table
-from tests.test_sandbox_engine import assert_healthy, query
-from tests.test_sandbox_engine import table as table  # noqa: F401  (a fixture, used by name)
+from tests.sandbox.test_sandbox_engine import assert_healthy, query
+from tests.sandbox.test_sandbox_engine import table as table  # noqa: F401  (a fixture, used by name)
 
 WIDE = "SELECT region, city, count(*) AS n, sum(salary) AS s FROM customers GROUP BY region, city"
 

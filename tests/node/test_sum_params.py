@@ -15,7 +15,7 @@ import pytest
 from veil.node.errors import InvalidInput
 from veil.node.jobs import canonical_bytes, spec_from_canonical, sum_params
 
-from tests.test_jobs_logic import EXAMPLE_N, SUM_PARAMS, job, parse
+from tests.node.test_jobs_logic import EXAMPLE_N, SUM_PARAMS, job, parse
 
 N = int(EXAMPLE_N)
 

@@ -31,7 +31,7 @@ from veil.node.kinds import sum as sumkind
 from veil.protocols import masks
 
 from tests.conftest import Federation, Member
-from tests.test_sum_wire import (
+from tests.wire.test_sum_wire import (
     INDUSTRIES,
     LEVELS,
     expected,

@@ -18,8 +18,8 @@ from veil.node.client import Client
 from veil.node.errors import ResourceLimit
 
 from tests.conftest import Federation, ServeProcess
-from tests.test_jobs_wire import job_toml
-from tests.test_mutation_killers_wire import _node_with, _run
+from tests.wire.test_jobs_wire import job_toml
+from tests.wire.test_mutation_killers_wire import _node_with, _run
 
 
 def layers(n: int) -> str:

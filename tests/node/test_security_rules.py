@@ -20,10 +20,10 @@ from veil.node.errors import Unauthenticated
 from veil.node.home import NodeHome
 from veil.node.jobs._policy import Estimate
 from veil.sandbox import Column, Policy, QueryRejected, Table
-from tests.test_log import copy_node, db, error_line, verify_cli
-from tests.test_log import pristine as pristine  # noqa: F401  (a fixture, used by name)
-from tests.test_sandbox_engine import POLICY, query, write_parquet
-from tests.test_sandbox_engine import table as table  # noqa: F401  (a fixture, used by name)
+from tests.node.test_log import copy_node, db, error_line, verify_cli
+from tests.node.test_log import pristine as pristine  # noqa: F401  (a fixture, used by name)
+from tests.sandbox.test_sandbox_engine import POLICY, query, write_parquet
+from tests.sandbox.test_sandbox_engine import table as table  # noqa: F401  (a fixture, used by name)
 
 # --------------------------------------------------------------------------- sandbox rules
 

@@ -48,7 +48,7 @@ from veil.node.audit import (
 from veil.node.errors import InvalidInput, VeilError, VerificationError
 
 VECTORS: dict[str, Any] = json.loads(
-    (Path(__file__).parent / "vectors" / "rfc6962_vectors.json").read_text()
+    (Path(__file__).resolve().parents[1] / "vectors" / "rfc6962_vectors.json").read_text()
 )
 LEAVES = [bytes.fromhex(x) for x in VECTORS["leaves_hex"]]
 TREE8 = MemoryTree.from_entries(LEAVES)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from veil.node.errors import InvalidInput, NotFound, VerificationError
 from veil.sandbox import LEVELS
 from veil.node.log import Log, canonical_json, event, now_rfc3339
-from veil.node.snapshot import import_file
+from veil.node.snapshot import Progress, import_file
 
 DEFAULT_LEVEL = "sensitive"
 RECEIPT_DOMAIN = b"veil-receipt-v1\n"
@@ -124,6 +124,7 @@ def register(
     levels: Mapping[str, str],
     declassify: Collection[str] = (),
     types: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
 ) -> Registration:
     """Import ``source`` as a new version of dataset ``name`` and sign its receipt.
 
@@ -142,7 +143,7 @@ def register(
         if level not in LEVELS:
             raise InvalidInput(f"unknown level {level!r} for column {column!r}")
     existing_files = set(snapshots_dir.glob("*.parquet"))
-    snap = import_file(source, snapshots_dir, types=types)
+    snap = import_file(source, snapshots_dir, types=types, progress=progress)
     try:
         names = [c for c, _ in snap.columns]
         unknown = sorted(set(levels) - set(names))

@@ -27,7 +27,7 @@ import io
 import os
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 import shutil
 import stat
 import tempfile
@@ -89,14 +89,21 @@ def check_types(types: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+#: called with the fraction of the source converted so far, 0.0 to 1.0 (1.0 exactly once, last)
+Progress = Callable[[float], None]
+
+
 def import_file(source: Path, snapshots_dir: Path, *, threads: int | None = None,
-                types: Mapping[str, str] | None = None) -> Snapshot:
+                types: Mapping[str, str] | None = None,
+                progress: Progress | None = None) -> Snapshot:
     """Import a ``.csv`` or ``.parquet`` file as a content-addressed Parquet snapshot.
 
     Writes to a temporary file in ``snapshots_dir`` and links it to ``<sha256>.parquet`` (an
     existing snapshot of that name is kept as it is). Any failure removes the temporary file.
     ``threads`` caps DuckDB's threads (default: DuckDB's, one per core); it does not change
-    the result. Raises InvalidInput naming the file and what is wrong with it.
+    the result. ``progress``, if given, is called from a second thread with the fraction of
+    the conversion done (DuckDB's own estimate, read every 0.2 s), and with 1.0 at the end.
+    Raises InvalidInput naming the file and what is wrong with it.
     """
     source = Path(source)
     snapshots_dir = Path(snapshots_dir)
@@ -136,7 +143,7 @@ def import_file(source: Path, snapshots_dir: Path, *, threads: int | None = None
         work = Path(tempfile.mkdtemp(prefix=".import-", dir=snapshots_dir))
         try:
             tmp = work / "snapshot.parquet"
-            con = _connect(work, threads)
+            con = _connect(work, threads, progress is not None)
             try:
                 if kind == ".parquet":
                     header = _parquet_header(con, source)
@@ -150,11 +157,15 @@ def import_file(source: Path, snapshots_dir: Path, *, threads: int | None = None
                 # hash the source on a second core while DuckDB converts it
                 hasher = _Hasher(src.fileno())
                 hasher.start()
+                watcher = _Watcher(con, progress) if progress is not None else None
                 try:
                     rows = _copy(con, source, kind, tmp, forced)
                 except BaseException:
                     hasher.cancel()
                     raise
+                finally:
+                    if watcher is not None:
+                        watcher.stop()
                 source_sha256 = hasher.result()
                 columns = tuple(
                     (str(name), str(type_))
@@ -181,6 +192,8 @@ def import_file(source: Path, snapshots_dir: Path, *, threads: int | None = None
                     f"expected {header}; rename the columns"
                 )
             snap = _publish(tmp, snapshots_dir, rows, columns, source_sha256)
+            if progress is not None:
+                progress(1.0)
             return dataclasses.replace(snap, numeric_looking=numeric_looking)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -189,7 +202,35 @@ def import_file(source: Path, snapshots_dir: Path, *, threads: int | None = None
 # --------------------------------------------------------------------------- steps
 
 
-def _connect(work: Path, threads: int | None) -> duckdb.DuckDBPyConnection:
+class _Watcher:
+    """Reads DuckDB's progress estimate of the running COPY while it runs, on its own thread.
+
+    Reports only increases, capped below 1.0: the caller hears 1.0 once, when the snapshot is
+    published, never from an estimate.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, progress: Progress) -> None:
+        self._con, self._progress = con, progress
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="import-progress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last = 0.0
+        while not self._done.wait(0.2):
+            percent = self._con.query_progress()
+            fraction = min(percent / 100.0, 0.999)
+            if fraction > last:
+                last = fraction
+                self._progress(fraction)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _connect(work: Path, threads: int | None,
+             tracked: bool = False) -> duckdb.DuckDBPyConnection:
     config: dict[str, str | bool | int | float | list[str]] = {
         "preserve_insertion_order": True,  # the snapshot keeps the source's row order
         "temp_directory": str(work / "spill"),
@@ -199,7 +240,9 @@ def _connect(work: Path, threads: int | None) -> duckdb.DuckDBPyConnection:
     if threads is not None:
         config["threads"] = threads
     con = duckdb.connect(":memory:", config=config)
-    con.execute("SET enable_progress_bar = false")
+    # progress is tracked (for query_progress) only when someone watches, and never printed
+    con.execute(f"SET enable_progress_bar = {'true' if tracked else 'false'}")
+    con.execute("SET enable_progress_bar_print = false")
     return con
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,41 @@ def job_id(client: Any, given: str) -> str:
                            f"matches {', '.join(found[:10])}{' …' if len(found) > 10 else ''}; "
                            "give more digits")
     return found[0]
+
+
+class ProgressLine:
+    """One self-rewriting line of progress on a terminal (stderr); silent when piped.
+
+    ``update(fraction)`` shows bytes done of the total and the rate so far; ``finish(rows)``
+    ends the line with the time taken and rows per second.
+    """
+
+    def __init__(self, label: str, total_bytes: int, stream: Any = None) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._start = self._clock()
+        self.label, self.total = label, total_bytes
+        self.stream = sys.stderr if stream is None else stream
+        self.shown = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def update(self, fraction: float) -> None:
+        if not self.shown:
+            return
+        elapsed = max(self._clock() - self._start, 1e-9)
+        done = fraction * self.total
+        self.stream.write(f"\r{self.label}: {_mb(done)} of {_mb(self.total)} "
+                          f"({_mb(done / elapsed)}/s)   ")
+        self.stream.flush()
+
+    def finish(self, rows: int) -> None:
+        if not self.shown:
+            return
+        elapsed = max(self._clock() - self._start, 1e-9)
+        self.stream.write(f"\r{self.label}: {_mb(self.total)} in {elapsed:.1f} s, "
+                          f"{rows:,} rows ({rows / elapsed:,.0f} rows/s)   \n")
+        self.stream.flush()
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"

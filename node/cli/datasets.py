@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from veil.node.cli._common import Commands, add_client_options, client_for, pairs, print_table
+from veil.node.cli._common import (
+    Commands,
+    ProgressLine,
+    add_client_options,
+    client_for,
+    pairs,
+    print_table,
+)
 from veil.node.errors import InvalidInput
 
 
@@ -20,19 +27,26 @@ def cmd_dataset_add(args: argparse.Namespace) -> int:
     home = NodeHome(Path(args.node_dir))
     home.check()
     levels = catalog.parse_levels(args.level)
+    source = Path(args.file)
+    try:
+        size = source.stat().st_size
+    except OSError:
+        size = 0  # register names the problem
+    line = ProgressLine(f"importing {source.name}", size)
     conn = home.connect()
     log = home.open_log()
     try:
         reg = catalog.register(
             conn, log, home.identity, home.snapshots,
-            node=home.config.name, name=args.name, source=Path(args.file),
+            node=home.config.name, name=args.name, source=source,
             key_column=args.key, levels=levels, declassify=tuple(args.declassify),
-            types=pairs(args.type, "--type"),
+            types=pairs(args.type, "--type"), progress=line.update if line.shown else None,
         )
     finally:
         log.close()
         conn.close()
     ds = reg.dataset
+    line.finish(ds.rows)
     if reg.created:
         print(f"registered {ds.name} version {ds.version}: {ds.rows:,} rows, sha256 {ds.sha256}")
     else:

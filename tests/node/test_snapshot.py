@@ -256,3 +256,40 @@ def test_a_source_that_changes_during_import_is_refused(
     with pytest.raises(InvalidInput, match="changed while it was imported"):
         import_file(source, tmp_path / "s")
     assert os.listdir(tmp_path / "s") == []
+
+
+def _big_csv(path: Path, rows: int) -> Path:
+    with open(path, "w") as f:
+        f.write("id,amount,region\n")
+        f.writelines(f"{i},{i * 3},r{i % 97}\n" for i in range(rows))
+    return path
+
+
+@pytest.mark.slow
+def test_import_progress_rises_and_ends_at_one_exactly_once(tmp_path: Path) -> None:
+    """`veil dataset add` shows progress from this callback: it may only rise, it ends with
+    1.0 reported once, and only after the snapshot exists."""
+    source = _big_csv(tmp_path / "big.csv", 2_000_000)
+    seen: list[tuple[float, bool]] = []
+    snapshots = tmp_path / "snapshots"
+
+    def progress(fraction: float) -> None:
+        seen.append((fraction, any(snapshots.glob("*.parquet"))))
+
+    snap = import_file(source, snapshots, progress=progress)
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and len(set(fractions)) == len(fractions)
+    assert fractions.count(1.0) == 1 and fractions[-1] == 1.0
+    assert seen[-1][1], "1.0 was reported before the snapshot was published"
+    assert all(0.0 < f < 1.0 for f in fractions[:-1])
+    assert len(fractions) > 1, "no progress was reported during a multi-second import"
+    assert snap.rows == 2_000_000
+
+
+def test_a_failed_import_never_reports_completion(tmp_path: Path) -> None:
+    source = tmp_path / "bad.csv"
+    source.write_text("id,amount\n1,2\n3,4,5,6\n")
+    seen: list[float] = []
+    with pytest.raises(InvalidInput):
+        import_file(source, tmp_path / "snapshots", progress=seen.append)
+    assert 1.0 not in seen

@@ -20,11 +20,12 @@ from veil.node.jobs._approval import Decision, check_role
 from veil.node.jobs._spec import KINDS, JobSpec, NodePart
 from veil.node.jobs._tariff import METER_NAMES, QUOTA_METERS, TOTAL_QUANTUM, Quota, Tariff
 from veil.sandbox import LEVELS  # the one list of levels, least to most protected
+from veil.sandbox import MASK_KINDS
 
 #: the role every job's approval needs at every node
 OPERATOR = "operator"
 #: mask kinds the sandbox applies to ``masked_columns``
-MASKS: tuple[str, ...] = ("phone", "email")
+MASKS: tuple[str, ...] = MASK_KINDS  # the sandbox applies the masks: one list, its own
 
 
 def level_rank(level: str) -> int:

@@ -181,7 +181,7 @@ def test_float_price_error_says_why(tmp_path: Path) -> None:
         ("[policy]\ndeny_analysts = 'eve'", "expected a list"),
         (
             "[policy]\nmasked_columns = { 'customers.phone' = 'hash' }",
-            "expected one of phone, email",
+            "expected one of phone, email, id_number",
         ),
         ("[policy]\nmasked_columns = { 'phone' = 'phone' }", '"dataset.column"'),
         ("[policy]\nmax_quota = { runs = -1 }", "policy.max_quota.runs"),
@@ -209,3 +209,13 @@ def test_invalid_values(tmp_path: Path, text: str, fragment: str) -> None:
 )
 def test_node_section_errors(tmp_path: Path, text: str, fragment: str) -> None:
     assert fragment in error(tmp_path, text)
+
+
+def test_every_mask_the_sandbox_applies_can_be_configured(tmp_path: Path) -> None:
+    """The policy's list of masks is the sandbox's: a mask the sandbox applies (id_number)
+    was refused by node.toml because the policy kept a shorter copy of the list."""
+    from veil import sandbox
+
+    for kind in sandbox.MASK_KINDS:
+        config = load(tmp_path, MINIMAL + f"[policy]\nmasked_columns = {{ 'customers.x' = '{kind}' }}")
+        assert config.policy.masked_columns_for("customers") == {"x": kind}

@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from veil.node.errors import InvalidInput, NotFound, VerificationError
 from veil.sandbox import LEVELS
 from veil.node.log import Log, canonical_json, event, now_rfc3339
 from veil.node.snapshot import Progress, import_file
+from veil.protocols import signing
 
 DEFAULT_LEVEL = "sensitive"
-RECEIPT_DOMAIN = b"veil-receipt-v1\n"
+RECEIPT_DOMAIN = signing.RECEIPT.tag
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -329,8 +329,8 @@ def all_versions(conn: sqlite3.Connection) -> dict[str, list[DatasetVersion]]:
 def verify_receipt(body: bytes, signature: bytes, node_key: Ed25519PublicKey) -> dict[str, Any]:
     """Check a registration receipt's signature; return its parsed body."""
     try:
-        node_key.verify(signature, RECEIPT_DOMAIN + body)
-    except InvalidSignature:
+        signing.verify(node_key, signing.RECEIPT, body, signature)
+    except signing.SignatureInvalid:
         raise VerificationError(
             "receipt signature does not verify with the node's signing key: the receipt was "
             "altered or was not issued by this node"

@@ -15,7 +15,6 @@ queued and commits it as one transaction with one checkpoint.
 from __future__ import annotations
 
 import hashlib
-import json
 import queue
 import sqlite3
 import threading
@@ -38,6 +37,7 @@ from veil.node.audit import (
     sign_checkpoint,
 )
 from veil.node.errors import InvalidInput, ResourceLimit, VeilError
+from veil.protocols.canonical import canonical_json
 
 ENTRY_VERSION = 1
 MAX_BATCH = 512
@@ -45,19 +45,6 @@ MAX_BATCH = 512
 #: ``effect(conn, index)`` runs inside the append's transaction, after the entry is
 #: inserted at ``index``; whatever it writes commits (or not) with the entry.
 Effect = Callable[[sqlite3.Connection, int], None]
-
-
-#: built once: ``json.dumps`` with these options builds a new encoder per call, which is
-#: a third of the cost of re-encoding an entry (the auditor does it for every entry)
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The one encoding of entries, receipts and statements: deterministic JSON.
-
-    ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` as UTF-8.
-    """
-    return _CANONICAL.encode(obj).encode()
 
 
 def now_rfc3339() -> str:

@@ -42,3 +42,8 @@ class SlotOutOfBounds(PackingError):
     def __init__(self, slot: int, message: str) -> None:
         super().__init__(f"value at slot {slot}: {message}")
         self.slot = slot
+
+
+class SignatureInvalid(ProtocolInputError):
+    """An Ed25519 signature that does not verify under its domain with the given key; the
+    message names what was being verified (a job, a decision, a receipt, a mask key)."""

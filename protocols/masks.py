@@ -2,7 +2,7 @@
 
 Per run, every node of a job makes a fresh X25519 key and states it (:func:`statement`):
 the statement binds the key to the job, the run and the node, and the node signs it with its
-own signing key (the signature is the node's business, see ``veil.node.kinds.sum``). From
+own signing key under ``veil.protocols.signing.MASK_KEY`` (see ``veil.node.kinds.sum``). From
 every other node's key, a node derives one pairwise mask vector per pair (:func:`masks`); the
 vectors of all the nodes of a job sum to zero mod ``n``, so the masks cancel only in the
 total and each single part is uniform noise.
@@ -22,13 +22,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from veil.protocols.canonical import canonical_json
 from veil.protocols.errors import ProtocolInputError
 
-__all__ = ["MASK_DOMAIN", "MASK_KEY_DOMAIN", "InvalidMaskKey", "expand", "masks",
+__all__ = ["MASK_DOMAIN", "InvalidMaskKey", "expand", "masks",
            "open_statement", "raw_public", "statement"]
 
-#: the prefix a node signs its statement under
-MASK_KEY_DOMAIN = b"veil-mask-key-v1\n"
 #: the HKDF salt of every pairwise mask
 MASK_DOMAIN = b"veil-sum-masks-v1"
 #: each mask value is drawn from this many bits more than n, then reduced mod n
@@ -50,8 +49,8 @@ def raw_public(public: x25519.X25519PublicKey) -> bytes:
 
 def statement(job: str, run_id: str, node: str, public: x25519.X25519PublicKey) -> bytes:
     """The bytes a node signs for its key of (job, run): canonical JSON."""
-    return json.dumps({"job": job, "run": run_id, "node": node, "x25519": raw_public(public).hex()},
-                      sort_keys=True, separators=(",", ":")).encode()
+    return canonical_json({"job": job, "run": run_id, "node": node,
+                           "x25519": raw_public(public).hex()})
 
 
 def open_statement(data: bytes, job: str, run_id: str, node: str) -> bytes:

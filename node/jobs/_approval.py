@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from veil.node.errors import InvalidInput, VerificationError
@@ -23,15 +22,15 @@ from veil.node.jobs._spec import (
     CANONICAL_VERSION,
     check_node_name,
     check_text,
-    dump_canonical,
     format_time,
     load_canonical_json,
     parse_time,
 )
 from veil.node.jobs._tariff import QUOTA_METERS, Quota
+from veil.protocols import signing
+from veil.protocols.canonical import canonical_json
 
 DECISIONS: tuple[str, ...] = ("approve", "reject")
-DECISION_SIGNING_PREFIX = b"veil-decision-v1\n"
 ROLE = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 _KEYS = frozenset(
@@ -103,7 +102,7 @@ def _to_json_obj(d: Decision) -> dict[str, Any]:
 
 def decision_bytes(d: Decision) -> bytes:
     """Canonical JSON (sorted keys, no whitespace, UTF-8, ``"v": 1``) of a decision."""
-    return dump_canonical(_to_json_obj(d))
+    return canonical_json(_to_json_obj(d))
 
 
 def decision_from_canonical(data: bytes) -> Decision:
@@ -137,14 +136,14 @@ class SignedDecision:
 
 def sign_decision(d: Decision, private_key: Ed25519PrivateKey) -> SignedDecision:
     canonical = decision_bytes(d)
-    return SignedDecision(canonical, private_key.sign(DECISION_SIGNING_PREFIX + canonical))
+    return SignedDecision(canonical, signing.sign(private_key, signing.DECISION, canonical))
 
 
 def verify_decision(canonical: bytes, signature: bytes, public_key: Ed25519PublicKey) -> Decision:
     """Check the approver's signature, then decode; VerificationError on any mismatch."""
     try:
-        public_key.verify(bytes(signature), DECISION_SIGNING_PREFIX + bytes(canonical))
-    except (InvalidSignature, TypeError, ValueError):
+        signing.verify(public_key, signing.DECISION, canonical, signature)
+    except signing.SignatureInvalid:
         raise VerificationError(
             "decision signature does not verify with the approver's key: the decision was "
             "altered after signing or signed by someone else"

@@ -25,21 +25,20 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from veil.node.errors import ApprovalRequired, InvalidInput, VerificationError
 from veil.node.jobs import _sum
 from veil.node.jobs._kinds import KINDS, MAX_NODES, SCHEMAS
 from veil.node.jobs._tariff import QUOTA_METERS, Quota
+from veil.protocols import signing
+from veil.protocols.canonical import canonical_json
 
 PSI_OUTPUTS: tuple[str, ...] = ("cardinality", "membership")
 #: a job may not be valid for longer than this after it is written
 MAX_LIFETIME = timedelta(days=365)
 #: version of the canonical form; bump on any change to it
 CANONICAL_VERSION = 1
-#: signatures over jobs are domain-separated from every other Veil signature
-JOB_SIGNING_PREFIX = b"veil-job-v1\n"
 MAX_JOB_BYTES = 1 << 20
 
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -477,13 +476,9 @@ def _node_obj(n: NodePart) -> dict[str, Any]:
     return obj
 
 
-def dump_canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def canonical_bytes(spec: JobSpec) -> bytes:
     """The bytes that are signed: JSON, sorted keys, no whitespace, UTF-8, ``"v": 1``."""
-    return dump_canonical(_to_json_obj(spec))
+    return canonical_json(_to_json_obj(spec))
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -568,7 +563,7 @@ class SignedJob:
 
 def sign_job(spec: JobSpec, private_key: Ed25519PrivateKey) -> SignedJob:
     canonical = canonical_bytes(spec)
-    return SignedJob(canonical, private_key.sign(JOB_SIGNING_PREFIX + canonical))
+    return SignedJob(canonical, signing.sign(private_key, signing.JOB, canonical))
 
 
 def verify_job(
@@ -583,8 +578,8 @@ def verify_job(
     is refused, so what approvers see is what the sandbox runs.
     """
     try:
-        public_key.verify(bytes(signed.signature), JOB_SIGNING_PREFIX + bytes(signed.canonical))
-    except (InvalidSignature, TypeError, ValueError):
+        signing.verify(public_key, signing.JOB, signed.canonical, signed.signature)
+    except signing.SignatureInvalid:
         raise VerificationError(
             "job signature does not verify with the submitter's key: the job was altered "
             "after signing or signed by someone else; sign it again with your own key"

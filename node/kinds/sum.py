@@ -49,7 +49,6 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import hmac
-import json
 import secrets
 import sqlite3
 import threading
@@ -83,7 +82,8 @@ from veil.node.home import NodeHome
 from veil.node.jobs import JobSpec, Meters, SumParams, spec_from_canonical, sum_params
 from veil.node.jobs._sum import packings
 from veil.node.kinds import Replayed
-from veil.protocols import masks, paillier
+from veil.protocols import masks, paillier, signing
+from veil.protocols.canonical import canonical_json
 from veil.protocols.errors import ProtocolInputError
 
 #: a prepared run waits this long for its ContributeSum, then its key is forgotten
@@ -91,7 +91,6 @@ PENDING_TTL_S = 120.0
 MAX_PENDING = 256
 #: how long the aggregator waits for a peer's answer
 PEER_TIMEOUT_S = 120.0
-MASK_KEY_DOMAIN = masks.MASK_KEY_DOMAIN
 COMMIT_DOMAIN = b"veil-sum-commitment-v1\n"
 
 
@@ -201,7 +200,8 @@ class SumKind:
             self._pending[(ctx.name, job, run_id)] = (private, now + PENDING_TTL_S)
         statement = masks.statement(job, run_id, ctx.name, private.public_key())
         return sum_pb2.MaskKey(node=ctx.name, statement=statement,
-                               signature=ctx.home.identity.sign(MASK_KEY_DOMAIN + statement),
+                               signature=signing.sign(ctx.home.identity, signing.MASK_KEY,
+                                                      statement),
                                certificate_pem=ctx.cert_pem)
 
     def contribute_part(self, ctx: NodeContext, grant: Grant, run_id: str,
@@ -346,11 +346,9 @@ class _Local:
 
     def encode(self) -> bytes:
         """Canonical bytes of the aggregate, for the commitment (and its replay)."""
-        return json.dumps(
+        return canonical_json(
             {"sums": [None if g is None else [str(v) for v in g] for g in self.sums],
-             "counts": self.counts},
-            sort_keys=True, separators=(",", ":"),
-        ).encode()
+             "counts": self.counts})
 
 
 def _local_query(spec: JobSpec, node: str, ds: DatasetVersion, snapshots: Path,
@@ -431,8 +429,8 @@ def _open_mask_keys(ctx: NodeContext, spec: JobSpec, job: str, run_id: str,
                 f"the mask key of node {k.node!r} is not certified for that node: its "
                 f"certificate is for {peer.role} {peer.name[:64]!r}")
         try:
-            peer.verify(k.signature, MASK_KEY_DOMAIN + k.statement)
-        except VerificationError:
+            signing.verify(peer.signing_key, signing.MASK_KEY, k.statement, k.signature)
+        except signing.SignatureInvalid:
             raise VerificationError(f"the mask key of node {k.node!r} has a bad signature: "
                                     "it was altered or not made by that node") from None
         try:

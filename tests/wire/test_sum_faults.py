@@ -26,7 +26,8 @@ from veil.node import keys, pki
 from veil.node.client import Client, sign_job_text
 from veil.node.errors import InvalidInput, VeilError
 from veil.node.jobs import SignedJob, spec_from_canonical
-from veil.node.jobs._spec import JOB_SIGNING_PREFIX, dump_canonical
+from veil.protocols import signing
+from veil.protocols.canonical import canonical_json
 from veil.node.kinds import sum as sumkind
 from veil.protocols import masks
 
@@ -227,7 +228,7 @@ def _forged(members: dict[str, Member], job: str, run: str, node: str,
         sort_keys=True, separators=(",", ":")).encode()
     home = members[signer].home
     return sum_pb2.MaskKey(node=node, statement=statement,
-                           signature=home.identity.sign(sumkind.MASK_KEY_DOMAIN + statement),
+                           signature=home.identity.sign(signing.MASK_KEY.tag + statement),
                            certificate_pem=members[cert_of].home.identity.read_tls_cert().decode())
 
 
@@ -498,8 +499,8 @@ def test_a_job_with_a_bad_paillier_modulus_is_refused_at_submission_over_the_wir
     # signed by the analyst's real key, past the client's own checks: the node must refuse
     doc = json.loads(good.canonical)
     doc["params"]["paillier_n"] = str(modulus)
-    canonical = dump_canonical(doc)
-    signed = SignedJob(canonical, ident.sign(JOB_SIGNING_PREFIX + canonical))
+    canonical = canonical_json(doc)
+    signed = SignedJob(canonical, ident.sign(signing.JOB.tag + canonical))
     assert spec.params["paillier_n"] != str(modulus)
     with Client(members["bank-b"].address, ident, node="bank-b") as c:
         with pytest.raises(VeilError) as exc:
@@ -591,7 +592,7 @@ class _CompromisedNode(sum_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
                                     x25519.X25519PrivateKey.generate().public_key())
         return sum_pb2.MaskKey(
             node="bank-b", statement=statement,
-            signature=self.home.identity.sign(sumkind.MASK_KEY_DOMAIN + statement),
+            signature=self.home.identity.sign(signing.MASK_KEY.tag + statement),
             certificate_pem=self.home.identity.read_tls_cert().decode())
 
     def ContributeSum(self, request: Any, context: Any) -> sum_pb2.SumPart:
@@ -665,7 +666,7 @@ class _VanishingNode(sum_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
                                     x25519.X25519PrivateKey.generate().public_key())
         return sum_pb2.MaskKey(
             node="bank-c", statement=statement,
-            signature=self.home.identity.sign(sumkind.MASK_KEY_DOMAIN + statement),
+            signature=self.home.identity.sign(signing.MASK_KEY.tag + statement),
             certificate_pem=self.home.identity.read_tls_cert().decode())
 
     def ContributeSum(self, request: Any, context: Any) -> sum_pb2.SumPart:

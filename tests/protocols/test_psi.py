@@ -94,6 +94,12 @@ def test_the_domain_separates_jobs() -> None:
     assert psi.prepare(DOMAIN, ["x"]) == psi.hash_to_point(DOMAIN, "x")
 
 
+def test_the_domain_is_self_delimiting_known_answer() -> None:
+    # without the length, job "a" with key "\x00..." and job "a\x00..." could share points
+    assert psi.domain("job-1") == b"veil-psi-v1\n\x00\x05job-1"
+    assert psi.domain("é") == b"veil-psi-v1\n\x00\x02\xc3\xa9"
+
+
 def test_hashed_points_are_canonical_and_pinned() -> None:
     import hashlib
     digest = hashlib.sha256(DOMAIN + (1).to_bytes(4, "big") + b"x").digest()

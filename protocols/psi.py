@@ -372,6 +372,10 @@ class BlindPool:
         except InvalidPoint as e:
             raise InvalidPoint(e.index, e.problem, batch) from None
 
+    def worker_pids(self) -> list[int]:
+        """The process ids of the pool's workers (for metrics: their memory, their CPU)."""
+        return sorted(getattr(self._pool, "_processes", None) or {})
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 

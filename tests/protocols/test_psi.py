@@ -234,6 +234,7 @@ def test_blind_pool_blinds_in_order_like_blind() -> None:
     scalar = psi.new_scalar()
     batches = [psi.prepare(DOMAIN, [f"{j}:{i}" for i in range(j * 7)]) for j in range(12)]
     with psi.BlindPool(workers=2, depth=3) as pool:
+        assert len(pool.worker_pids()) == 2  # started at set-up, not on the first batch
         assert list(pool.blind_batches(scalar, iter(batches))) == [
             psi.blind(scalar, b) for b in batches]
         # the pool is set up once and serves the next run too

@@ -11,9 +11,12 @@ scalar multiplications.
 
 Reported:
 - the raw rate: libsodium's X25519 (``crypto_scalarmult``) in a tight loop on one core, the
-  machine's ceiling per core (``openssl speed ecdhx25519`` gives about the same);
+  machine's ceiling per core (``openssl speed ecdhx25519`` gives about the same), per wall
+  second and per CPU second;
 - Veil's blinding rate (scalar multiplications per second over the four passes) as a
-  fraction of raw rate x cores (target >= 0.8), and end to end (hash + blind + shuffle +
+  fraction of raw rate x cores (target >= 0.8), its multiplications per worker CPU second
+  as a fraction of raw per CPU second (which other load on the machine does not skew:
+  it separates Veil's overhead from contention), and end to end (hash + blind + shuffle +
   match) per item;
 - openmined-psi (P-256, the PSI a user would pick from PyPI) on the same sets: server
   setup over A, client request over B, the server's answer, the client's cardinality;
@@ -49,15 +52,26 @@ def _batches(packed: bytes, batch: int) -> list[bytes]:
     return [packed[i:i + step] for i in range(0, len(packed), step)]
 
 
-def raw_rate(points: int = 20_000) -> float:
-    """Scalar multiplications per second on one core, libsodium in a tight loop."""
+def raw_rate(points: int = 20_000) -> tuple[float, float]:
+    """Scalar multiplications per wall second and per CPU second on one core, libsodium in
+    a tight loop."""
     scalar = psi.new_scalar()
     pts = psi.points(psi.prepare(psi.domain("raw"), [str(i) for i in range(points)]))
     mult = nacl.bindings.crypto_scalarmult
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for p in pts:
         mult(scalar, p)
-    return points / (time.perf_counter() - start)
+    return points / (time.perf_counter() - start), points / (time.process_time() - cpu)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """A live process's user + system CPU seconds (/proc/PID/stat); 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def veil(a_items: list[str], b_items: list[str], pool: psi.BlindPool,
@@ -128,9 +142,11 @@ def main(argv: list[str]) -> int:
     a_items, b_items = _sets(args.items)
     want = args.items // 2
 
-    raw = raw_rate()
+    raw, raw_cpu = raw_rate()
     with psi.BlindPool(workers=args.workers) as pool:
+        cpu0 = sum(_cpu_seconds(pid) for pid in pool.worker_pids())
         (found, times), _ = timed(lambda: veil(a_items, b_items, pool, args.batch))
+        worker_cpu = sum(_cpu_seconds(pid) for pid in pool.worker_pids()) - cpu0
         workers = pool.workers
         worker_mib = max((_hwm_mib(pid) for pid in pool.worker_pids()), default=0.0)
     if found != want:
@@ -142,7 +158,10 @@ def main(argv: list[str]) -> int:
 
     rows: list[list[object]] = [
         ["raw X25519, 1 core (libsodium loop)", raw, "", ""],
+        ["raw X25519, per CPU second", raw_cpu, "", ""],
         [f"Veil blinding, {workers} workers, 4 x N points", rate, times["blind"], ""],
+        ["Veil blinding, per worker CPU second", mults / worker_cpu if worker_cpu else 0.0,
+         worker_cpu, ""],
     ]
     rows.append(["Veil end to end (hash+blind+shuffle+match)", 2 * args.items / times["total"],
                  times["total"], 1e6 * times["total"] / (2 * args.items)])
@@ -160,6 +179,10 @@ def main(argv: list[str]) -> int:
           f"pool worker {worker_mib:,.0f} MiB")
     verdict(f"Veil blinding rate / (raw rate x {cores} cores)", rate / (raw * cores), 0.8,
             higher_is_better=True)
+    if worker_cpu:
+        # robust to other load on the machine: the work each worker CPU second does
+        print(f"Veil per worker CPU second / raw per CPU second: "
+              f"{mults / worker_cpu / raw_cpu:.3f} (1.0 = no overhead beyond libsodium)")
     if om is None:
         print("openmined-psi is not installed (pip install --no-deps openmined-psi): "
               "no side-by-side ratio")

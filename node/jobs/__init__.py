@@ -48,6 +48,7 @@ from veil.node.jobs._spec import (
     spec_from_canonical,
     verify_job,
 )
+from veil.node.jobs._psi import PSI_KINDS, PsiParams, psi_params, run_meters
 from veil.node.jobs._sum import SumParams, SumTotals
 from veil.node.jobs._sum import parse as sum_params
 from veil.node.jobs._tariff import (
@@ -67,6 +68,7 @@ __all__ = [
     "MASKS",
     "METER_NAMES",
     "OPERATOR",
+    "PSI_KINDS",
     "PSI_OUTPUTS",
     "QUOTA_METERS",
     "TOTAL_QUANTUM",
@@ -74,6 +76,7 @@ __all__ = [
     "Decision",
     "Estimate",
     "JobSpec",
+    "PsiParams",
     "SumParams",
     "SumTotals",
     "Meters",
@@ -100,8 +103,10 @@ __all__ = [
     "level_rank",
     "parse_job_toml",
     "parse_time",
+    "psi_params",
     "required_roles",
     "reveals",
+    "run_meters",
     "sign_decision",
     "sign_job",
     "spec_from_canonical",

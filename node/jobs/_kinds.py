@@ -34,8 +34,11 @@ SCHEMAS: Mapping[str, KindSchema] = MappingProxyType({
     s.name: s
     for s in (
         KindSchema("sum", 2, MAX_NODES, ("aggregator", "columns", "bound", "paillier_n")),
-        KindSchema("psi", 2, 2, ("key",), MappingProxyType({"output": "cardinality"})),
-        KindSchema("intersection_sum", 2, 2, ("key", "value")),
+        # key or keys (exactly one), checked in _psi; the defaults are filled in there too
+        KindSchema("psi", 2, 2, (), MappingProxyType({"normalize": "exact",
+                                                      "output": "cardinality"})),
+        KindSchema("intersection_sum", 2, 2, ("values", "bound", "paillier_n"),
+                   MappingProxyType({"normalize": "exact", "scale": "0"})),
         KindSchema("query", 1, 1, ("sql",)),
     )
 })

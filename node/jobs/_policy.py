@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 from veil.node.errors import ApprovalRequired, InvalidInput, PolicyDenied
 from veil.node.jobs._approval import Decision, check_role
+from veil.node.jobs._psi import PSI_KINDS
 from veil.node.jobs._spec import KINDS, JobSpec, NodePart
 from veil.node.jobs._tariff import METER_NAMES, QUOTA_METERS, TOTAL_QUANTUM, Quota, Tariff
 from veil.sandbox import LEVELS  # the one list of levels, least to most protected
@@ -87,6 +88,10 @@ class NodePolicy:
     max_quota: Quota | None = None
     approval: tuple[ApprovalRule, ...] = ()
     allow_kinds: frozenset[str] = frozenset(KINDS)
+    #: below it a PSI run at this node releases nothing (a tiny intersection singles people out)
+    min_intersection_size: int = 10
+    #: the peer's set must have at least this many keys (a tiny or crafted set tests membership)
+    min_peer_set_size: int = 100
 
     def __post_init__(self) -> None:
         for name in ("deny_analysts", "deny_functions", "allow_kinds"):
@@ -102,6 +107,10 @@ class NodePolicy:
             raise InvalidInput(
                 f"min_group_size: expected an integer of at least 2, got {self.min_group_size!r}"
             )
+        for name in ("min_intersection_size", "min_peer_set_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInput(f"{name}: expected an integer of at least 1, got {value!r}")
         for mask in self.masked_columns.values():
             if mask not in MASKS:
                 raise InvalidInput(f"mask: expected one of {', '.join(MASKS)}, got {mask!r}")
@@ -221,8 +230,11 @@ def check_submission(
                 f"column '{part.dataset}.{column}' is on this node's negative list "
                 f"(policy.deny_columns: {pattern!r}); remove it from the job"
             )
-    summed = (set(spec.params["columns"]) if spec.kind == "sum"
-              else {spec.params.get("value")})
+    summed: set[str] = set()  # the columns this node's part sums
+    if spec.kind == "sum":
+        summed = set(spec.params["columns"])
+    elif spec.kind == "intersection_sum" and spec.params["values_node"] == part.name:
+        summed = set(spec.params["values"])
     if key_column is not None and key_column in summed and key_column in part.columns:
         raise PolicyDenied(
             f"column '{part.dataset}.{key_column}' is the dataset's subject identifier and "
@@ -302,6 +314,10 @@ class Estimate:
     currency: str
     max_price: Decimal
     uncapped: tuple[str, ...]  # priced meters the quota does not cap
+    # PSI kinds only: the node's minimums and the quota's items (None: uncapped)
+    min_intersection_size: int | None = None
+    min_peer_set_size: int | None = None
+    items_cap: int | None = None
 
     def lines(self) -> list[str]:
         columns = ", ".join(f"{c} ({level})" for c, level in self.columns)
@@ -318,13 +334,29 @@ class Estimate:
             f"columns: {columns} (highest level: {self.max_level})",
             f"rows scanned: {self.rows_per_run} per run × {self.runs} runs{capped}",
             f"reveals: {self.reveals}",
-            f"price: {price}",
         ]
+        if self.kind in PSI_KINDS:
+            lines += [
+                f"this node's set size: at most {self.rows_per_run} distinct keys (the dataset "
+                "version's rows)",
+                "the peer's set size: revealed at each run; refused below min_peer_set_size = "
+                f"{self.min_peer_set_size}",
+                "released only if the intersection has at least min_intersection_size = "
+                f"{self.min_intersection_size} keys (at this node)",
+            ]
+        lines.append(f"price: {price}")
         if self.rows_per_run and self.rows_total < self.rows_per_run:
             lines.append(
                 f"warning: the quota's rows_scanned ({self.rows_total}) is less than one run "
                 f"scans ({self.rows_per_run}): every run would be refused; ask for at least "
                 f"{self.rows_per_run} per run"
+            )
+        if self.kind in PSI_KINDS and self.items_cap is not None \
+                and self.items_cap < self.rows_per_run:
+            lines.append(
+                f"warning: the quota's items ({self.items_cap}) is less than one run needs "
+                f"(this node's {self.rows_per_run} keys, plus the peer's): every run would be "
+                f"refused; ask for at least {self.rows_per_run} plus the peer's set size per run"
             )
         return lines
 
@@ -338,9 +370,13 @@ def reveals(spec: JobSpec, *, min_group_size: int) -> str:
                 "it, and how many nodes withheld it (never which); no node's own part")
     if spec.kind == "psi":
         if spec.params["output"] == "membership":
-            return "which of the analyst's items are in the set"
-        return "only the size of the intersection"
-    return "size of the intersection and the sum of values over it"
+            return ("which of its own rows match, to each receiver (as a new local dataset); "
+                    "the size of the intersection and both set sizes to the analyst")
+        return ("the size of the intersection; each node's set size to the other node and the "
+                "analyst")
+    values = ", ".join(spec.params["values"])
+    return (f"the size of the intersection and the totals of {values} over it, to the analyst "
+            "only (encrypted under the analyst's key); both set sizes")
 
 
 def estimate(
@@ -352,6 +388,7 @@ def estimate(
     *,
     min_group_size: int = 10,
     quota: Quota | None = None,
+    policy: NodePolicy | None = None,
 ) -> Estimate:
     """What the job would touch, reveal and cost at this node if it used its full quota.
 
@@ -360,6 +397,10 @@ def estimate(
     covers the capped meters; priced meters without a cap are listed in ``uncapped``.
     """
     quota = spec.quota if quota is None else quota
+    if policy is not None:
+        min_group_size = policy.min_group_size
+    psi = spec.kind in PSI_KINDS
+    mins = NodePolicy() if policy is None else policy
     if quota.runs is None:
         raise ValueError("estimate needs a quota that caps runs (a job's quota always does)")
     touched = _levels(part, columns_levels)
@@ -388,4 +429,7 @@ def estimate(
         currency=tariff.currency,
         max_price=max_price,
         uncapped=tuple(uncapped),
+        min_intersection_size=mins.min_intersection_size if psi else None,
+        min_peer_set_size=mins.min_peer_set_size if psi else None,
+        items_cap=quota.items if psi else None,
     )

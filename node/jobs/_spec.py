@@ -28,13 +28,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from veil.node.errors import ApprovalRequired, InvalidInput, VerificationError
-from veil.node.jobs import _sum
+from veil.node.jobs import _psi, _sum
 from veil.node.jobs._kinds import KINDS, MAX_NODES, SCHEMAS
 from veil.node.jobs._tariff import QUOTA_METERS, Quota
 from veil.protocols import signing
 from veil.protocols.canonical import canonical_json
 
-PSI_OUTPUTS: tuple[str, ...] = ("cardinality", "membership")
+PSI_OUTPUTS = _psi.PSI_OUTPUTS
 #: a job may not be valid for longer than this after it is written
 MAX_LIFETIME = timedelta(days=365)
 #: version of the canonical form; bump on any change to it
@@ -172,7 +172,8 @@ class JobSpec:
     """A validated job: what, why, where, how much, until when, and by whom.
 
     ``params`` maps kind-specific parameter names to strings; defaults are filled in
-    (``psi`` always carries ``output``), so the signed form states everything.
+    (``psi`` always carries ``normalize`` and ``output``), so the signed form states
+    everything.
     """
 
     purpose: str
@@ -232,6 +233,8 @@ class JobSpec:
             params = _sum.check(self.params, [n.name for n in self.nodes])
             self._check_sum_columns(_sum.parse(params))
             return params
+        if self.kind in _psi.PSI_KINDS:
+            return _psi.check(self.kind, self.params, self.nodes)
         schema = SCHEMAS[self.kind]
         required, defaults = schema.required, dict(schema.defaults)
         allowed = required + tuple(defaults)
@@ -243,17 +246,7 @@ class JobSpec:
         for name, value in params.items():
             limit = 1_000_000 if name == "sql" else 200
             check_text(value, f"params.{name}", max_len=limit)
-        if self.kind == "query":
-            return params
-        if self.kind == "psi" and params["output"] not in PSI_OUTPUTS:
-            raise InvalidInput(
-                f"params.output: expected one of {', '.join(PSI_OUTPUTS)}, got {params['output']!r}"
-            )
-        for name in ("column", "key", "value"):
-            if name in params:
-                check_identifier(params[name], f"params.{name}")
-        self._check_columns_used(params)
-        return params
+        return params  # query: the only other kind
 
     def _check_sum_columns(self, params: _sum.SumParams) -> None:
         """A sum job's nodes list the columns it sums and groups by; others only for its
@@ -272,35 +265,6 @@ class JobSpec:
                     f"node {part.name!r}: column {extra[0]!r} is not used by this sum job "
                     f"(it uses: {', '.join(sorted(used))}); list only those"
                 )
-
-    def _check_columns_used(self, params: dict[str, str]) -> None:
-        """Non-query jobs list exactly the columns their params use: least privilege."""
-        if self.kind == "intersection_sum":
-            if params["key"] == params["value"]:
-                raise InvalidInput("params: key and value must be different columns")
-            holders = [n.name for n in self.nodes if params["value"] in n.columns]
-            if len(holders) != 1:
-                raise InvalidInput(
-                    f"params.value {params['value']!r} must be listed in the columns of "
-                    f"exactly one node (the one holding the values); found in "
-                    f"{', '.join(holders) if holders else 'none'}"
-                )
-        for part in self.nodes:
-            uses = {params.get("column") or params["key"]}
-            if self.kind == "intersection_sum" and params["value"] in part.columns:
-                uses.add(params["value"])
-            missing = sorted(uses - set(part.columns))
-            if missing:
-                raise InvalidInput(
-                    f"node {part.name!r}: columns must include {missing[0]!r}, which this "
-                    f"{self.kind} job uses"
-                )
-            for column in part.columns:
-                if column not in uses:
-                    raise InvalidInput(
-                        f"node {part.name!r}: column {column!r} is not used by this "
-                        f"{self.kind} job (it uses: {', '.join(sorted(uses))}); list only those"
-                    )
 
     def part(self, node_name: str) -> NodePart | None:
         """This node's part of the job, or None when the job does not name it."""
@@ -371,7 +335,7 @@ def parse_job_toml(
     if not isinstance(params, dict):
         raise InvalidInput(f"params: expected a [params] table, got {type(params).__name__}")
     params = dict(params)
-    if kind == "sum" and "paillier_key" in params:
+    if kind in ("sum", "intersection_sum") and "paillier_key" in params:
         if "paillier_n" in params:
             raise InvalidInput("params: give paillier_key (a file) or paillier_n, not both")
         if base_dir is None:

@@ -78,6 +78,7 @@ TWO_SIDED = NodePolicy(
 EXAMPLE_N = json.loads((EXAMPLES / "analyst-paillier.pub").read_text())["n"]
 
 
+ISUM_PARAMS = f'key = "phone"\nvalues = ["amount"]\nbound = "1000000"\npaillier_n = "{EXAMPLE_N}"'
 SUM_PARAMS = f'aggregator = "bank-a"\ncolumns = ["amount"]\nbound = "1000000"\npaillier_n = "{EXAMPLE_N}"'
 
 
@@ -115,7 +116,7 @@ def job(
         ),
         "intersection_sum": (
             (("bank-a", "customers", ["phone"]), ("bank-b", "customers", ["phone", "amount"])),
-            'key = "phone"\nvalue = "amount"',
+            ISUM_PARAMS,
         ),
     }[kind]
     nodes = defaults[0] if nodes is None else nodes
@@ -133,7 +134,8 @@ def job(
 # ---------------------------------------------------------------- parsing
 
 
-@pytest.mark.parametrize("name", ["query-job.toml", "sum-job.toml", "psi-job.toml"])
+@pytest.mark.parametrize("name", ["query-job.toml", "sum-job.toml", "psi-job.toml",
+                                  "intersection-sum-job.toml"])
 def test_examples_parse(name: str) -> None:
     spec = parse((EXAMPLES / name).read_text(), base_dir=EXAMPLES)
     assert spec.analyst == "alice" and spec.nonce == NONCE
@@ -250,6 +252,8 @@ def _without(text: str, line_start: str) -> str:
             "columns must include 'amount'",
         ),
         (job("psi", params='key = "phone"\noutput = "rows"'), "params.output: expected one of"),
+        (job("psi", params='key = "phone"\noutput = "intersection_sum"'),
+         'an intersection sum is kind = "intersection_sum"'),
         (job("psi", params='key = "phone; DROP"'), "params.key: expected an identifier"),
         (
             job(
@@ -259,9 +263,8 @@ def _without(text: str, line_start: str) -> str:
                     ("bank-b", "customers", ["phone", "amount"]),
                 ),
             ),
-            "exactly one node (the one holding the values); found in bank-a, bank-b",
+            "exactly one node (the values node); found values at bank-a, bank-b",
         ),
-        (job("intersection_sum", params='key = "phone"\nvalue = "phone"'), "must be different"),
         (job(nodes=(("bank a", "customers", ["region"]),)), "nodes[0].name"),
         (job(nodes=(("bank-a", "customers", []),)), "nodes[0].columns"),
         (job(nodes=(("bank-a", "customers", ["a.b"]),)), "nodes[0].columns"),
@@ -322,9 +325,11 @@ def specs(draw: st.DrawFn) -> JobSpec:
     elif kind == "psi":
         columns = [(key,)] * 2
         params = {"key": key, "output": draw(st.sampled_from(["cardinality", "membership"]))}
+        if params["output"] == "membership":
+            params["receivers"] = node_names[: draw(st.integers(1, 2))]
     else:
         columns = [(key,), (key, value)]
-        params = {"key": key, "value": value}
+        params = {"key": key, "values": [value], "bound": "1000", "paillier_n": EXAMPLE_N}
     return JobSpec(
         purpose=draw(text),
         kind=kind,
@@ -721,15 +726,19 @@ def test_estimate_for_approvers() -> None:
     reveals = {
         "sum": "per declared group: the total and row count over the nodes that contributed it, "
                "and how many nodes withheld it (never which); no node's own part",
-        "psi": "only the size of the intersection",
-        "intersection_sum": "size of the intersection and the sum of values over it",
+        "psi": "the size of the intersection; each node's set size to the other node and the "
+               "analyst",
+        "intersection_sum": "the size of the intersection and the totals of amount over it, to "
+                            "the analyst only (encrypted under the analyst's key); both set sizes",
     }
     for kind, sentence in reveals.items():
         s = parse(job(kind))
         assert estimate(s, s.nodes[0], 1, CUSTOMERS, tariff).reveals == sentence
-    member = parse(job("psi", params='key = "phone"\noutput = "membership"'))
+    member = parse(job("psi", params='key = "phone"\noutput = "membership"\n'
+                                     'receivers = ["bank-a"]'))
     assert estimate(member, member.nodes[0], 1, CUSTOMERS, Tariff()).reveals == (
-        "which of the analyst's items are in the set"
+        "which of its own rows match, to each receiver (as a new local dataset); the size of "
+        "the intersection and both set sizes to the analyst"
     )
 
 

@@ -228,6 +228,8 @@ def _limits(r: _Reader, table: Mapping[str, Any]) -> Limits:
 
 _POLICY_KEYS = (
     "min_group_size",
+    "min_intersection_size",
+    "min_peer_set_size",
     "allow_min_max",
     "allow_kinds",
     "deny_analysts",
@@ -264,6 +266,10 @@ def _policy(r: _Reader, doc: Mapping[str, Any]) -> NodePolicy:
             raise r.error(where, f"expected one of {', '.join(MASKS)}, got {_describe(mask)}")
     return NodePolicy(
         min_group_size=r.integer(p, "policy.min_group_size", 10, 2),
+        min_intersection_size=r.integer(p, "policy.min_intersection_size",
+                                        NodePolicy.min_intersection_size, 1),
+        min_peer_set_size=r.integer(p, "policy.min_peer_set_size",
+                                    NodePolicy.min_peer_set_size, 1),
         allow_min_max=r.boolean(p, "policy.allow_min_max", False),
         allow_kinds=frozenset(allow_kinds),
         deny_analysts=frozenset(deny_analysts),
@@ -395,6 +401,13 @@ workers = 2                       # sandbox worker processes, i.e. queries runni
 min_group_size = 10               # smallest group of subjects an aggregate may describe (>= 2);
                                   # smaller groups are suppressed and only counted
 allow_min_max = false             # MIN/MAX reveal one subject's value: off unless you need them
+# PSI (psi, intersection_sum): keys such as phone numbers can be enumerated, so a peer with a
+# tiny or crafted set would learn whether specific people are customers here. These minimums,
+# and the job's quota on items, bound what any run can single out:
+min_intersection_size = 10        # a run whose intersection has fewer keys releases nothing
+                                  # (a small match count points at individuals; >= 1)
+min_peer_set_size = 100           # the peer's set must have at least this many keys: a handful
+                                  # of guessed numbers cannot test membership one by one (>= 1)
 allow_kinds = ["sum", "psi", "intersection_sum", "query"]   # job kinds this node runs
 deny_analysts = []                # analyst names refused on every call, e.g. ["mallory"]
 deny_columns = []                 # negative list of "dataset.column" (globs * ? allowed),

@@ -42,6 +42,7 @@ def test_minimal_file_gets_safe_defaults(tmp_path: Path) -> None:
     assert config.policy.allow_min_max is False
     assert config.policy.approval == ()
     assert config.policy.max_quota is None
+    assert (config.policy.min_intersection_size, config.policy.min_peer_set_size) == (10, 100)
     assert config.tariff.currency == "CNY"
     assert config.tariff.prices == {}
 
@@ -51,6 +52,8 @@ def test_default_config_text_is_documented_and_loads(tmp_path: Path) -> None:
     for option in (
         "memory_limit_mb",
         "min_group_size",
+        "min_intersection_size",
+        "min_peer_set_size",
         "deny_columns",
         "masked_columns",
         "max_quota",
@@ -87,6 +90,35 @@ def test_example_node_toml_loads() -> None:
     assert policy.max_quota == Quota(runs=1000, rows_scanned=100_000_000, items=10_000_000)
     assert config.tariff.prices["rows_scanned"] == Decimal("0.000001")
     assert config.tariff.prices["runs"] == Decimal("1.00")
+    assert (policy.min_intersection_size, policy.min_peer_set_size) == (10, 100)
+
+
+def test_psi_minimums_round_trip(tmp_path: Path) -> None:
+    config = load(tmp_path, MINIMAL + "[policy]\nmin_intersection_size = 1\n"
+                                      "min_peer_set_size = 5000\n")
+    assert (config.policy.min_intersection_size, config.policy.min_peer_set_size) == (1, 5000)
+    # the template documents what each defends against, and its values load as the defaults
+    text = default_config_text("bank-b")
+    assert "can be enumerated" in text
+    for option in ("min_intersection_size", "min_peer_set_size"):
+        line = next(line for line in text.splitlines() if line.startswith(option))
+        assert "#" in line and "(>= 1)" in text
+    template = load(tmp_path, text).policy
+    assert (template.min_intersection_size, template.min_peer_set_size) == (10, 100)
+
+
+@pytest.mark.parametrize("field", ["min_intersection_size", "min_peer_set_size"])
+@pytest.mark.parametrize(
+    ("value", "found"), [("0", "got integer 0"), ("-3", "got integer -3"), ("true", "got boolean True"),
+                         ("'10'", "got string '10'"), ("2.5", "got float 2.5")])
+def test_psi_minimum_refused(tmp_path: Path, field: str, value: str, found: str) -> None:
+    message = error(tmp_path, MINIMAL + f"[policy]\n{field} = {value}\n")
+    assert f"policy.{field}: expected an integer of at least 1, {found}" in message
+
+
+def test_psi_minimum_typo_is_caught(tmp_path: Path) -> None:
+    message = error(tmp_path, MINIMAL + "[policy]\nmin_peer_set = 100\n")
+    assert "policy.min_peer_set: unknown" in message and "did you mean 'min_peer_set_size'?" in message
 
 
 def test_ipv6_listen(tmp_path: Path) -> None:

@@ -17,6 +17,14 @@ call:
 5. append the log entry — allowed or denied, success or failure — with its effect,
    durably, and only then release the answer, with the receipt in trailing metadata.
 
+A compute method may stream: its handler is then a generator that yields interim messages
+(progress to an analyst, blinded points to a peer: messages that carry no result) and
+returns its :class:`Outcome`; the gate logs and charges that, and only then sends the
+outcome's response as the stream's last message. A client-streaming compute method (a
+peer's exchange) gets the rest of the caller's stream as an iterator of parsed, size-checked
+messages; the entry's ``request_sha256`` covers every message received. A stream the caller
+abandons is logged as ``CANCELLED``.
+
 Domain errors map to status codes here and only here (``VeilError.status``).
 """
 
@@ -34,7 +42,7 @@ from google.protobuf.message import DecodeError, Message
 
 from veil.node import bounds
 from veil.node.errors import PolicyDenied, Unauthenticated, VeilError
-from veil.node.grants import Grants
+from veil.node.grants import Grant, Grants
 from veil.node.jobs import JobSpec, Meters
 from veil.node.log import Effect, EntryTooLarge, Log, Receipt
 from veil.node.pki import Identity, TrustStore
@@ -62,6 +70,8 @@ class Call:
     details: dict[str, Any] = field(default_factory=dict)
     #: the identity a refused certificate claims (role, name, fingerprint, revoked)
     presented: dict[str, Any] | None = None
+    #: a refusal that still charges its meters (the work was done: a PSI below a minimum)
+    charge_refusal: bool = False
 
 
 #: ``(request, call)``, or ``(request, call, grant)`` for a compute method
@@ -82,7 +92,8 @@ class Rpc:
 
     roles: frozenset[str]
     handler: Handler
-    kind: str | None = None
+    #: the job kind (or kinds: a psi or intersection_sum job) the method runs
+    kind: str | tuple[str, ...] | None = None
     #: for a compute method served to peers: the node a job lets call it (its aggregator)
     peer: Callable[[JobSpec], str] | None = None
 
@@ -91,12 +102,14 @@ class Rpc:
 class Outcome:
     """What a compute handler returns: the answer and everything the gate logs and charges."""
 
-    response: Message
+    response: Message | None
     meters: Meters
     datasets: tuple[str, ...]
     digest: str
     #: more state the call writes, committed with its log entry (after the charge)
     effect: Effect | None = None
+    #: the run did its work but releases nothing: logged with this refusal and charged
+    refused: VeilError | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,7 @@ class Method:
     response: type[Message]
     rpc: Rpc
     server_streaming: bool
+    client_streaming: bool = False
 
 
 def abort(context: grpc.ServicerContext, error: VeilError) -> NoReturn:
@@ -149,7 +163,16 @@ class Gate:
         handlers = {}
         for m in resolve(service_name, rpcs):
             full = f"/{service_name}/{m.name}"
-            if m.server_streaming:
+            if m.client_streaming:
+                handlers[m.name] = grpc.stream_stream_rpc_method_handler(
+                    self._exchange(full, m), response_serializer=m.response.SerializeToString
+                )
+            elif m.server_streaming and m.rpc.kind is not None:
+                handlers[m.name] = grpc.unary_stream_rpc_method_handler(
+                    self._compute_stream(full, m),
+                    response_serializer=m.response.SerializeToString,
+                )
+            elif m.server_streaming:
                 handlers[m.name] = grpc.unary_stream_rpc_method_handler(
                     self._streaming(full, m), response_serializer=m.response.SerializeToString
                 )
@@ -223,17 +246,112 @@ class Gate:
             if isinstance(result, Outcome):
                 raise TypeError(f"{call.method} returned a compute outcome without a grant")
             return result
+        grant = self._grant(m, request, call)
+        outcome = self._settle(m, call, grant, m.rpc.handler(request, call, grant))
+        if outcome.refused is not None:
+            raise outcome.refused
+        return outcome.response
+
+    def _grant(self, m: Method, request: Any, call: Call) -> Grant:
         call.job_id = request.job_id
-        grant = self.grants.admit(request.job_id, call.identity, kind, m.rpc.peer)
-        outcome = m.rpc.handler(request, call, grant)
+        assert m.rpc.kind is not None
+        return self.grants.admit(request.job_id, call.identity, m.rpc.kind, m.rpc.peer)
+
+    def _settle(self, m: Method, call: Call, grant: Grant, outcome: Any) -> Outcome:
+        """Record an outcome on the call and set the effect that charges it."""
         if not isinstance(outcome, Outcome):
-            raise TypeError(f"{call.method} is a {kind} method and must return an Outcome")
+            raise TypeError(f"{call.method} is a {m.rpc.kind} method and must return an Outcome")
         call.datasets = list(outcome.datasets)
         call.meters = outcome.meters.to_dict()
         call.result_sha256 = outcome.digest
+        call.charge_refusal = outcome.refused is not None
         charge = self.grants.charge(grant, call.identity, call.method, outcome.meters)
         call.effect = charge if outcome.effect is None else _both(charge, outcome.effect)
-        return outcome.response
+        return outcome
+
+    def _compute_stream(
+        self, full: str, m: Method
+    ) -> Callable[[bytes, grpc.ServicerContext], Iterator[Message]]:
+        def behavior(raw: bytes, context: grpc.ServicerContext) -> Iterator[Message]:
+            yield from self._run_stream(full, m, raw, None, context)
+
+        return behavior
+
+    def _exchange(
+        self, full: str, m: Method
+    ) -> Callable[[Iterator[bytes], grpc.ServicerContext], Iterator[Message]]:
+        def behavior(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Message]:
+            try:
+                first = next(requests)
+            except (StopIteration, grpc.RpcError):
+                return  # the caller closed before its first message: nothing to log
+            yield from self._run_stream(full, m, first, requests, context)
+
+        return behavior
+
+    def _run_stream(self, full: str, m: Method, raw: bytes, rest: Iterator[bytes] | None,
+                    context: grpc.ServicerContext) -> Iterator[Message]:
+        """A streaming compute call: interim messages as the handler yields them, then the
+        entry (charged), then the outcome's response as the last message."""
+        call = Call(full, hashlib.sha256(raw).hexdigest(), _NOBODY)
+        digest = _StreamDigest(raw)
+        error: VeilError | None = None
+        outcome: Outcome | None = None
+        handler: Iterator[Message] | None = None
+        try:
+            request = self._admit(call, m, raw, context)
+            grant = self._grant(m, request, call)
+            if rest is None:
+                handler = m.rpc.handler(request, call, grant)
+            else:
+                handler = m.rpc.handler(request, call, grant,
+                                        self._incoming(full, m, rest, digest))
+            while True:
+                try:
+                    message = next(handler)  # type: ignore[arg-type]
+                except StopIteration as stop:
+                    outcome = self._settle(m, call, grant, stop.value)
+                    break
+                yield message
+            error = outcome.refused
+        except VeilError as exc:
+            error = exc
+        except GeneratorExit:
+            # the caller went away mid-stream: log that, release nothing
+            if handler is not None:
+                handler.close()  # type: ignore[attr-defined]
+            call.request_sha256 = digest.hexdigest()
+            self._record(call, Cancelled("the caller closed the stream before the end; "
+                                         "nothing was released"))
+            raise
+        except grpc.RpcError:
+            error = Cancelled("the caller's stream broke off before the end; nothing was "
+                              "released")
+        except Exception:
+            log.exception("internal error in %s", full)
+            error = _Internal()
+        finally:
+            if handler is not None and (error is not None or outcome is None):
+                handler.close()  # type: ignore[attr-defined]
+        call.request_sha256 = digest.hexdigest()
+        receipt, error = self._record(call, error)
+        _trailers(context, receipt)
+        if error is not None:
+            abort(context, error)
+        if outcome is not None and outcome.response is not None:
+            yield outcome.response
+
+    def _incoming(self, full: str, m: Method, rest: Iterator[bytes],
+                  digest: _StreamDigest) -> Iterator[Message]:
+        """The caller's further messages, each size-checked and parsed like the first."""
+        for raw in rest:
+            digest.update(raw)
+            bounds.check_size(full, raw)
+            try:
+                message = m.request.FromString(raw)
+            except DecodeError as exc:
+                raise _malformed(m, exc) from None
+            yield message
 
     def _unary(self, full: str, m: Method) -> Callable[[bytes, grpc.ServicerContext], Message]:
         def behavior(raw: bytes, context: grpc.ServicerContext) -> Message:
@@ -251,9 +369,10 @@ class Gate:
 
     def _record(self, call: Call, error: VeilError | None) -> tuple[Receipt, VeilError | None]:
         """Append the call's entry; if the effect refuses (a quota race), log that refusal."""
+        charged = error is None or call.charge_refusal
         try:
             return self.log.append(
-                call_record(call, error), effect=call.effect if error is None else None
+                call_record(call, error), effect=call.effect if charged else None
             ), error
         except EntryTooLarge as exc:  # the log kept a refusal in its place; release nothing
             return exc.receipt, exc
@@ -268,6 +387,28 @@ def _both(first: Effect, second: Effect) -> Effect:
         second(tx, index)
 
     return effect
+
+
+class _StreamDigest:
+    """SHA-256 over every message of a caller's stream, each length-prefixed; a stream of one
+    message digests as that message alone (as a unary request does)."""
+
+    def __init__(self, first: bytes) -> None:
+        self._first = first
+        self._h: Any = None
+
+    def update(self, raw: bytes) -> None:
+        if self._h is None:
+            self._h = hashlib.sha256()
+            self._h.update(len(self._first).to_bytes(8, "big") + self._first)
+        self._h.update(len(raw).to_bytes(8, "big") + raw)
+
+    def hexdigest(self) -> str:
+        return (hashlib.sha256(self._first) if self._h is None else self._h).hexdigest()
+
+
+class Cancelled(VeilError):
+    status = "CANCELLED"
 
 
 class _Internal(VeilError):
@@ -292,14 +433,15 @@ def resolve(service_name: str, rpcs: Mapping[str, Rpc]) -> list[Method]:
         raise TypeError(f"{service_name}: not served {missing}, not declared {extra}")
     methods = []
     for name, d in declared.items():
-        if d.client_streaming:
-            raise TypeError(f"{service_name}/{name}: client streaming is not served yet")
         rpc = rpcs[name]
+        if d.client_streaming and not (d.server_streaming and rpc.kind is not None):
+            raise TypeError(f"{service_name}/{name}: only a compute method may stream from the "
+                            "caller, and then both ways (a peer's exchange)")
         request = message_factory.GetMessageClass(d.input_type)
         if rpc.kind is not None and "job_id" not in request.DESCRIPTOR.fields_by_name:
             raise TypeError(f"{service_name}/{name}: a compute method's request needs a job_id")
         methods.append(Method(name, request, message_factory.GetMessageClass(d.output_type),
-                              rpc, d.server_streaming))
+                              rpc, d.server_streaming, d.client_streaming))
     return methods
 
 
@@ -330,7 +472,7 @@ def call_record(call: Call, error: VeilError | None) -> dict[str, Any]:
         record["job"] = call.job_id
     if call.datasets:
         record["datasets"] = sorted(call.datasets)
-    if call.meters and error is None:
+    if call.meters and (error is None or call.charge_refusal):
         record["meters"] = call.meters
     if call.result_sha256 and error is None:
         record["result_sha256"] = call.result_sha256

@@ -43,6 +43,8 @@ REQUEST_LIMITS: dict[str, int] = {
     "/veil.v1.JobService/DecideJob": 256 * KIB,
     # one signed mask key, certificate included (~1.5 KiB), per node of the largest job
     "/veil.v1.PeerService/ContributeSum": 256 * KIB,
+    # one batch of points (128 KiB), or of points with their encrypted values
+    "/veil.v1.PeerService/ExchangePsi": 1024 * KIB,
 }
 #: grpc's receive limit on server and client: above every limit of ours (so an oversize
 #: request reaches the gate and is logged) and above every response a node sends

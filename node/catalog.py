@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from veil.node.errors import InvalidInput, NotFound, VerificationError
+from veil.node.errors import AlreadyExists, InvalidInput, NotFound, PolicyDenied, VerificationError
 from veil.sandbox import LEVELS
 from veil.node.log import Log, canonical_json, event, now_rfc3339
 from veil.node.snapshot import Progress, import_file
@@ -202,42 +202,8 @@ def register(
                 columns=[{"column": ch.column, "from": ch.old, "to": ch.new} for ch in lowered],
             ))
         version = 1 if latest is None else latest.version + 1
-        registered_at = now_rfc3339()
-        body = canonical_json(
-            {
-                "v": 1,
-                "type": "veil.dataset-registration",
-                "node": node,
-                "dataset": name,
-                "version": version,
-                "sha256": snap.sha256,
-                "source_sha256": snap.source_sha256,
-                "rows": snap.rows,
-                "schema": [[c.name, c.type, c.level] for c in columns],
-                "key_column": key_column,
-                "registered_at": registered_at,
-            }
-        )
-        signature = signing_key.sign(RECEIPT_DOMAIN + body)
-
-        def insert(tx: sqlite3.Connection, index: int) -> None:
-            tx.execute(
-                "INSERT INTO datasets(name, version, sha256, rows, columns_json, key_column,"
-                " registered_at, receipt, signature, log_index)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    name,
-                    version,
-                    snap.sha256,
-                    snap.rows,
-                    json.dumps([[c.name, c.type, c.level] for c in columns]),
-                    key_column,
-                    registered_at,
-                    body,
-                    signature,
-                    index,
-                ),
-            )
+        registered_at, body, signature, insert = _version_row(
+            signing_key, node, name, version, snap, columns, key_column)
 
         receipt = log.append(
             event(
@@ -263,6 +229,79 @@ def register(
         if snap.path not in existing_files and not _referenced(conn, snap.sha256):
             snap.path.unlink(missing_ok=True)
         raise
+
+
+def _version_row(signing_key: Signer, node: str, name: str, version: int, snap: Any,
+                 columns: tuple[ColumnInfo, ...], key_column: str,
+                 ) -> tuple[str, bytes, bytes, Callable[[sqlite3.Connection, int], None]]:
+    """A version's signed registration receipt, and the effect that inserts its row."""
+    registered_at = now_rfc3339()
+    body = canonical_json(
+        {
+            "v": 1,
+            "type": "veil.dataset-registration",
+            "node": node,
+            "dataset": name,
+            "version": version,
+            "sha256": snap.sha256,
+            "source_sha256": snap.source_sha256,
+            "rows": snap.rows,
+            "schema": [[c.name, c.type, c.level] for c in columns],
+            "key_column": key_column,
+            "registered_at": registered_at,
+        }
+    )
+    signature = signing_key.sign(RECEIPT_DOMAIN + body)
+
+    def insert(tx: sqlite3.Connection, index: int) -> None:
+        latest = tx.execute("SELECT MAX(version) FROM datasets WHERE name = ?", (name,)).fetchone()
+        if (latest[0] or 0) + 1 != version:
+            raise AlreadyExists(f"dataset {name} got version {latest[0]} from another "
+                                "registration meanwhile; nothing was stored, try again")
+        tx.execute(
+            "INSERT INTO datasets(name, version, sha256, rows, columns_json, key_column,"
+            " registered_at, receipt, signature, log_index)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, version, snap.sha256, snap.rows,
+             json.dumps([[c.name, c.type, c.level] for c in columns]), key_column,
+             registered_at, body, signature, index),
+        )
+
+    return registered_at, body, signature, insert
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A derived version ready to commit with the entry of the call that made it."""
+
+    version: int
+    receipt_sha256: str
+    effect: Callable[[sqlite3.Connection, int], None]
+
+
+def stage_derived(conn: sqlite3.Connection, signing_key: Signer, *, node: str, name: str,
+                  snap: Any, source: DatasetVersion) -> Staged:
+    """A new version of ``name`` holding a subset of ``source``'s rows (a PSI membership
+    result), classified exactly like ``source``. Its row is inserted by the returned effect,
+    inside the log entry of the call that computed it, so the version exists if and only if
+    that call is logged as released. Refused when it would lower a level that the latest
+    version of ``name`` has."""
+    if not _NAME.match(name):
+        raise InvalidInput(f"dataset name {name!r} is not usable in SQL")
+    latest = _latest(conn, name)
+    if latest is not None:
+        before = latest.levels()
+        order = {lv: i for i, lv in enumerate(LEVELS)}
+        for c in source.columns:
+            if c.name in before and order[c.level] < order[before[c.name]]:
+                raise PolicyDenied(
+                    f"dataset {name}: column {c.name!r} is {before[c.name]} in its latest "
+                    f"version; a PSI result classified like {source.name} ({c.level}) would "
+                    "lower it. Name another dataset in the job's `into`")
+    version = 1 if latest is None else latest.version + 1
+    _, body, _, insert = _version_row(signing_key, node, name, version, snap, source.columns,
+                                      source.key_column)
+    return Staged(version, _sha256(body), insert)
 
 
 def _sha256(data: bytes) -> str:

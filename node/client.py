@@ -33,6 +33,8 @@ from veil.v1 import (
     jobs_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
+    psi_pb2,
+    psi_pb2_grpc,
     query_pb2,
     query_pb2_grpc,
     sum_pb2,
@@ -162,6 +164,33 @@ class QueryResult:
         return list(zip(*(self.arrays[c].tolist() for c in self.columns)))
 
 
+@dataclass(frozen=True)
+class PsiOutcome:
+    """One PSI run: the intersection's size, both set sizes, an intersection sum's totals,
+    the receivers' new dataset versions and both nodes' receipts."""
+
+    run_id: str
+    kind: str
+    output: str
+    cardinality: int
+    set_size: int  # the leader's distinct keys
+    peer_set_size: int
+    sums: dict[str, Decimal]
+    datasets: tuple[dict[str, Any], ...]
+    receipts: tuple[dict[str, Any], ...]
+    meters: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"run": self.run_id, "kind": self.kind, "output": self.output,
+                               "cardinality": self.cardinality,
+                               "set_sizes": [self.set_size, self.peer_set_size]}
+        if self.kind == "intersection_sum":
+            out["sums"] = {c: str(v) for c, v in self.sums.items()}
+        out["datasets"] = [dict(d) for d in self.datasets]
+        out["receipts"] = [dict(r) for r in self.receipts]
+        return out
+
+
 class Client:
     """A connection to one node, authenticated with a federation identity directory."""
 
@@ -191,6 +220,7 @@ class Client:
         self._usage = usage_pb2_grpc.UsageServiceStub(self._channel)
         self._query = query_pb2_grpc.QueryServiceStub(self._channel)
         self._sum = sum_pb2_grpc.SumServiceStub(self._channel)
+        self._psi = psi_pb2_grpc.PsiServiceStub(self._channel)
         self._node_name: str | None = None
         self.last_receipt: CallReceipt | None = None
 
@@ -406,6 +436,66 @@ class Client:
             withheld=numpy.array(withheld, dtype=numpy.int64),
             receipts=tuple(receipts),
         )
+
+    def run_psi(self, job_id: str, key: Any = None,
+                progress: Any = None) -> PsiOutcome:
+        """Run an approved psi or intersection_sum job once at its leader (this client's
+        node). ``progress(done, total)`` hears how many points the leader has blinded; an
+        intersection sum's totals are decrypted with ``key`` (the analyst's Paillier private
+        key). Both nodes' receipts come back with the result."""
+        from veil.node.jobs import psi_params, spec_from_canonical
+        from veil.node.kinds.psi import _packing, leader
+        from veil.protocols.paillier import Decryptor, ciphertext_from_bytes
+
+        info = self.job(job_id)
+        spec = spec_from_canonical(info.canonical)
+        p = psi_params(spec)
+        if p.paillier_n is not None and (key is None or key.public_key.n != p.paillier_n):
+            raise InvalidInput(f"job {job_id} is an intersection sum: give the private key "
+                               "it encrypts to (--key DIR, from `veil keys paillier`)")
+        result = None
+        for update in self.stream_call(self._psi.RunPsi, psi_pb2.RunPsiRequest(job_id=job_id)):
+            if update.HasField("progress"):
+                if progress is not None:
+                    progress(update.progress.done, update.progress.total)
+            else:
+                result = update.result
+        if result is None:
+            raise InvalidInput(f"node {self.address} ended the run without a result")
+        sums: dict[str, Decimal] = {}
+        if p.paillier_n is not None and result.cardinality:
+            pub = key.public_key
+            plain = Decryptor(key).decrypt_many(
+                [ciphertext_from_bytes(pub, bytes(b)) for b in result.sums])
+            values = _packing(p, result.peer_set_size).unpack_decimal(
+                plain, len(p.values), result.cardinality)
+            sums = dict(zip(p.values, values))
+        elif p.paillier_n is not None:
+            sums = {c: Decimal(0).scaleb(-p.scale) for c in p.values}
+        own = self.last_receipt
+        receipts = []
+        if own is not None:
+            receipts.append({"node": leader(spec), "log_index": own.log_index,
+                             "checkpoint": own.checkpoint})
+        receipts += [{"node": n.node, "log_index": n.receipt.log_index,
+                      "checkpoint": n.receipt.checkpoint} for n in result.receipts]
+        datasets = tuple({"node": d.node, "dataset": d.dataset, "version": d.version,
+                          "sha256": d.sha256, "rows": d.rows, "log_index": d.log_index}
+                         for d in result.datasets)
+        return PsiOutcome(run_id=result.run_id, kind=spec.kind, output=p.output,
+                          cardinality=result.cardinality, set_size=result.set_size,
+                          peer_set_size=result.peer_set_size, sums=sums, datasets=datasets,
+                          receipts=tuple(receipts), meters=meters_from_proto(result.meters))
+
+    def stream_call(self, method: Any, request: Any) -> Iterator[Any]:
+        """A server-streaming call under this client's timeout; the receipt is kept."""
+        self.last_receipt = None
+        responses = method(request, timeout=self.timeout)
+        try:
+            yield from responses
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        self._receipt(responses.trailing_metadata())
 
     # -- usage ---------------------------------------------------------------------
 

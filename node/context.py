@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from veil import sandbox
 from veil.node.errors import PolicyDenied
@@ -33,6 +34,31 @@ class NodeContext:
     def __post_init__(self) -> None:
         self.grants = Grants(self.conn, self.lock, self.log, self.home.config, self.home.snapshots)
         self.workers = sandbox.Workers(self.home.config.workers)
+        self._psi_pool: Any = None
+        self._psi_lock = threading.Lock()
+
+    def psi_pool(self) -> Any:
+        """The node's PSI blinding pool (one worker per core), started once, on first use or
+        in the background when the first PSI job is submitted (:meth:`warm_psi`)."""
+        with self._psi_lock:
+            if self._psi_pool is None:
+                from veil.protocols.psi import BlindPool
+
+                self._psi_pool = BlindPool()
+            return self._psi_pool
+
+    def warm_psi(self) -> None:
+        """Start the PSI pool off the hot path of the first run."""
+        if self._psi_pool is None:
+            threading.Thread(target=self.psi_pool, name="psi-pool-start", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop the node's worker processes."""
+        self.workers.close()
+        with self._psi_lock:
+            if self._psi_pool is not None:
+                self._psi_pool.close()
+                self._psi_pool = None
 
 
     @property

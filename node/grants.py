@@ -93,7 +93,7 @@ class JobView:
         assert part is not None
         return estimate(
             self.spec, part, self.dataset.rows, self.dataset.levels(), config.tariff,
-            min_group_size=config.policy.min_group_size, quota=self.quota,
+            min_group_size=config.policy.min_group_size, quota=self.quota, policy=config.policy,
         )
 
 
@@ -325,7 +325,7 @@ class Grants:
 
     # -- enforcement ---------------------------------------------------------------
 
-    def admit(self, job: str, caller: Identity, kind: str,
+    def admit(self, job: str, caller: Identity, kind: str | tuple[str, ...],
               peer: Callable[[JobSpec], str] | None = None) -> Grant:
         """Everything that must hold before a compute call touches data; one place.
 
@@ -400,13 +400,14 @@ def statement_total(lines: list[dict[str, Any]]) -> Decimal:
     return sum((line["amount"] for line in lines), Decimal(0)).quantize(TOTAL_QUANTUM)
 
 
-def _check_runnable(job: JobView, caller: Identity, kind: str) -> None:
+def _check_runnable(job: JobView, caller: Identity, kind: str | tuple[str, ...]) -> None:
     if caller.role == "analyst" and job.spec.analyst != caller.name:
         raise PolicyDenied(
             f"job {job.id} belongs to analyst {job.spec.analyst!r}; {caller.name!r} may not run it"
         )
-    if job.spec.kind != kind:
-        raise InvalidInput(f"job {job.id} is a {job.spec.kind} job, not a {kind} job")
+    allowed = (kind,) if isinstance(kind, str) else kind
+    if job.spec.kind not in allowed:
+        raise InvalidInput(f"job {job.id} is a {job.spec.kind} job, not a {' or '.join(allowed)} job")
     if job.revoked:
         raise ApprovalRequired(f"job {job.id} was revoked at {job.revoked}")
     check_not_expired(job.spec)

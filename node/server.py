@@ -50,7 +50,7 @@ class RunningNode:
     def stop(self, grace: float | None = 5.0) -> None:
         """Stop accepting calls, let running ones finish, log the stop, close the log."""
         self.server.stop(grace).wait()
-        self.ctx.workers.close()
+        self.ctx.close()
         try:
             self.ctx.log.append(event("node.stopped", name=self.ctx.name))
         finally:

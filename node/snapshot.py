@@ -520,3 +520,33 @@ def _diagnose_csv(source: Path, max_records: int = 100_000) -> InvalidInput | No
     except UnicodeDecodeError:
         return InvalidInput(f"{source}: the file is not valid UTF-8; save it as UTF-8")
     return None
+
+
+def subset(source: Path, rows: list[int], snapshots_dir: Path) -> Snapshot:
+    """A new content-addressed snapshot holding the rows of snapshot ``source`` whose file
+    row numbers are in ``rows`` (ascending), in their order: a PSI membership result. Its
+    ``source_sha256`` is the source snapshot's name, so the registration names what it was
+    derived from. Any failure removes the temporary file."""
+    source, snapshots_dir = Path(source), Path(snapshots_dir)
+    work = Path(tempfile.mkdtemp(prefix=".subset-", dir=snapshots_dir))
+    try:
+        tmp = work / "snapshot.parquet"
+        con = _connect(work, 2)
+        try:
+            con.execute(
+                "COPY (SELECT * EXCLUDE (file_row_number) FROM read_parquet($1, "
+                "file_row_number = true) WHERE file_row_number IN (SELECT unnest($2::BIGINT[])) "
+                f"ORDER BY file_row_number) TO {_sql_string(str(tmp))} "
+                "(FORMAT parquet, COMPRESSION zstd, PARQUET_VERSION v2)",
+                [str(source), rows],
+            )
+            columns = tuple(
+                (str(name), str(type_))
+                for name, type_, *_ in con.execute(
+                    "DESCRIBE SELECT * FROM read_parquet($1)", [str(tmp)]).fetchall()
+            )
+        finally:
+            con.close()
+        return _publish(tmp, snapshots_dir, len(rows), columns, source.stem)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

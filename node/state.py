@@ -25,6 +25,14 @@ CREATE TABLE IF NOT EXISTS sum_parts (
     salt      BLOB NOT NULL,
     UNIQUE (job_id, run_id)
 );
+-- The salt of each PSI part's result commitment (the log holds only the commitment).
+CREATE TABLE IF NOT EXISTS psi_parts (
+    log_index INTEGER PRIMARY KEY,
+    job_id    TEXT NOT NULL,
+    run_id    TEXT NOT NULL,
+    salt      BLOB NOT NULL,
+    UNIQUE (job_id, run_id)
+);
 """
 
 _SCHEMA = """

@@ -46,7 +46,8 @@ from veil.protocols.errors import ProtocolInputError
 __all__ = ["DOMAIN_PREFIX", "MAX_ITEM_BYTES", "MAX_JOB_ID_BYTES", "MODES", "POINT_BYTES",
            "BlindPool", "InvalidItem", "InvalidPoint", "InvalidScalar", "Mode", "Normalized",
            "UnknownMode", "blind", "domain", "hash_to_point", "match", "new_scalar",
-           "normalize", "normalize_all", "points", "prepare", "shuffle", "unique"]
+           "normalize", "normalize_all", "permutation", "permute", "points", "prepare", "shuffle",
+           "unique"]
 
 #: size of one packed point (an X25519 u-coordinate, little-endian)
 POINT_BYTES = 32
@@ -365,6 +366,18 @@ class BlindPool:
             for f in pending:
                 f.cancel()
 
+    def submit(self, scalar: bytes, batch: bytes) -> Future[bytes]:
+        """``blind(scalar, batch)`` on a worker; the caller keeps its own order and bound on
+        how many are in flight (see :meth:`result`)."""
+        if len(scalar) != 32:
+            raise InvalidScalar(f"a blinding scalar is {len(scalar)} bytes; expected 32")
+        return self._pool.submit(blind, scalar, batch)
+
+    @staticmethod
+    def result(future: Future[bytes], batch: int) -> bytes:
+        """A submitted batch's points, or :class:`InvalidPoint` naming the batch."""
+        return BlindPool._result(future, batch)
+
     @staticmethod
     def _result(future: Future[bytes], batch: int) -> bytes:
         try:
@@ -398,6 +411,27 @@ def match(mine: bytes, theirs: bytes) -> list[int]:
     have = set(points(mine))
     return [i for i in range(len(theirs) // POINT_BYTES)
             if theirs[i * POINT_BYTES:(i + 1) * POINT_BYTES] in have]
+
+
+def permutation(count: int) -> list[int]:
+    """A uniformly random permutation of ``range(count)`` from the OS's CSPRNG, fast enough for
+    millions of points: the order of 64-bit random keys (a tie, of probability below
+    ``count^2 / 2^65``, only makes two positions keep their relative order)."""
+    import numpy as np
+
+    keys = np.frombuffer(os.urandom(8 * count), dtype=np.uint64) if count else np.zeros(0, np.uint64)
+    return np.argsort(keys, kind="stable").tolist()  # type: ignore[no-any-return]
+
+
+def permute(packed: bytes, order: list[int]) -> bytes:
+    """The points of ``packed`` taken in ``order`` (point ``order[i]`` at position ``i``)."""
+    import numpy as np
+
+    _check_batch(packed)
+    if not order:
+        return b""
+    pts = np.frombuffer(packed, dtype=np.uint8).reshape(-1, POINT_BYTES)
+    return pts[np.asarray(order, dtype=np.int64)].tobytes()  # type: ignore[no-any-return]
 
 
 def shuffle(packed: bytes, rng: random.Random | None = None) -> bytes:

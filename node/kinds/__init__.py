@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import sqlite3
 
     from veil import sandbox
-    from veil.node._rpc import Call, Outcome
+    from veil.node._rpc import Call
     from veil.node.catalog import DatasetVersion
     from veil.node.config import NodeConfig
     from veil.node.context import NodeContext
@@ -44,8 +44,10 @@ class JobKind(Protocol):
                  snapshots: Path) -> None:
         """Refuse, at submission, a job this node could not run (before any approval)."""
 
-    def run(self, ctx: NodeContext, request: Any, call: Call, grant: Grant) -> Outcome:
-        """This node's part of one call, under ``grant``; the gate logs and charges it."""
+    def run(self, ctx: NodeContext, request: Any, call: Call, grant: Grant) -> Any:
+        """This node's part of one call, under ``grant``: an :class:`Outcome`, or for a
+        streaming method a generator of interim messages that returns one; the gate logs
+        and charges it."""
 
     def replay(self, conn: sqlite3.Connection, home: NodeHome, index: int,
                record: Mapping[str, Any], workers: sandbox.Workers) -> Replayed:
@@ -68,10 +70,11 @@ class Replayed:
 
 
 def _registry() -> Mapping[str, JobKind]:
+    from veil.node.kinds.psi import INTERSECTION_SUM, PSI
     from veil.node.kinds.query import QUERY
     from veil.node.kinds.sum import SUM
 
-    kinds: tuple[JobKind, ...] = (QUERY, SUM)
+    kinds: tuple[JobKind, ...] = (QUERY, SUM, PSI, INTERSECTION_SUM)
     for k in kinds:
         assert k.name in KINDS, f"kind module {k.name!r} is not a kind of the job language"
     return MappingProxyType({k.name: k for k in kinds})

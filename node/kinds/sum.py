@@ -62,7 +62,7 @@ from typing import Any
 import grpc
 from cryptography.hazmat.primitives.asymmetric import x25519
 from phe.paillier import PaillierPublicKey
-from veil.v1 import common_pb2, sum_pb2, sum_pb2_grpc
+from veil.v1 import common_pb2, peer_pb2_grpc, sum_pb2
 
 from veil import sandbox
 from veil.node import catalog, federation, queries
@@ -166,7 +166,7 @@ class SumKind:
                 call.details = {"sum": {"run": run_id, "step": "add", "failed": [n.name],
                                         "contributed": list(answers)}}
                 raise
-            receipts.append(sum_pb2.NodeReceipt(node=n.name, receipt=receipt))
+            receipts.append(common_pb2.NodeReceipt(node=n.name, receipt=receipt))
         sums, counts, withheld = (
             [paillier.ciphertext_to_bytes(key, enc.rerandomize(c)) for c in enc.add_vectors(v)]
             for v in columns
@@ -479,7 +479,7 @@ def _peer_call(ctx: NodeContext, node: str, address: str | None, method: str,
         raise InvalidInput(f"the job gives no address for node {node!r}")
     ch = federation.channel(address, ctx.home.identity, node=node)
     try:
-        stub = sum_pb2_grpc.PeerServiceStub(ch)
+        stub = peer_pb2_grpc.PeerServiceStub(ch)
         try:
             response, rpc = getattr(stub, method).with_call(request, timeout=PEER_TIMEOUT_S)
         except grpc.RpcError as exc:

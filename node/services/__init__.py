@@ -14,9 +14,9 @@ from types import ModuleType
 
 from veil.node._rpc import Rpc
 from veil.node.context import NodeContext
-from veil.node.services import audit, catalog, jobs, node, peer, query, sum, usage
+from veil.node.services import audit, catalog, jobs, node, peer, psi, query, sum, usage
 
-MODULES: tuple[ModuleType, ...] = (node, catalog, audit, jobs, query, sum, peer, usage)
+MODULES: tuple[ModuleType, ...] = (node, catalog, audit, jobs, query, sum, psi, peer, usage)
 
 
 def tables(ctx: NodeContext) -> dict[str, Mapping[str, Rpc]]:

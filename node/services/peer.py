@@ -9,16 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from veil.v1 import sum_pb2
+from collections.abc import Iterator
+
+from veil.v1 import peer_pb2, psi_pb2, sum_pb2
 
 from veil.node._rpc import Call, Outcome, Rpc
 from veil.node.context import NodeContext
 from veil.node.grants import Grant
 from veil.node.jobs import JobSpec
+from veil.node.jobs import PSI_KINDS
+from veil.node.kinds.psi import PSI, leader
 from veil.node.kinds.sum import SUM
 from veil.node.services._roles import NODE
 
-SERVICE = "veil.v1.PeerService"
+SERVICE = peer_pb2.DESCRIPTOR.services_by_name["PeerService"].full_name
 
 
 def _aggregator(spec: JobSpec) -> str:
@@ -37,7 +41,13 @@ def rpcs(ctx: NodeContext) -> Mapping[str, Rpc]:
     def contribute_sum(req: sum_pb2.ContributeSumRequest, call: Call, grant: Grant) -> Outcome:
         return SUM.contribute(ctx, req, call, grant)
 
+    def exchange_psi(first: psi_pb2.PsiMessage, call: Call, grant: Grant,
+                     incoming: Iterator[psi_pb2.PsiMessage]) -> Iterator[psi_pb2.PsiMessage]:
+        return PSI.exchange(ctx, first, call, grant, incoming)
+
     return {
         "PrepareSum": Rpc(NODE, prepare_sum),
         "ContributeSum": Rpc(NODE, contribute_sum, kind=SUM.name, peer=_aggregator),
+        # only the job's leader opens the exchange with the other node
+        "ExchangePsi": Rpc(NODE, exchange_psi, kind=tuple(PSI_KINDS), peer=leader),
     }

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 from phe.paillier import PaillierPublicKey
-from veil.v1 import sum_pb2, sum_pb2_grpc
+from veil.v1 import peer_pb2_grpc, sum_pb2
 
 from veil.node import federation as fed
 from veil.node import keys, pki
@@ -82,7 +82,7 @@ def no_plaintext(member: Member, data: list[tuple[str, str, Decimal]]) -> None:
 def peer_stub(identity: pki.LocalIdentity | Path, member: Member) -> tuple[grpc.Channel, Any]:
     ident = identity if isinstance(identity, pki.LocalIdentity) else pki.load_identity(identity)
     ch = fed.channel(member.address, ident, node=member.name)
-    return ch, sum_pb2_grpc.PeerServiceStub(ch)
+    return ch, peer_pb2_grpc.PeerServiceStub(ch)
 
 
 def run_refused(federation: Federation, members: dict[str, Member], job_id: str,
@@ -580,7 +580,7 @@ def test_totals_over_adversarial_values_equal_numpy_on_the_plaintext(
     assert result.totals["exposure"].tolist()[:2] == [0, 2 * bound]  # +B - B; B + 0 + B
 
 
-class _CompromisedNode(sum_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
+class _CompromisedNode(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
     """bank-b, compromised: its own certificate and signing key, a well-formed mask key,
     and a part whose ciphertexts are not in the key's range (>= n^2)."""
 
@@ -626,7 +626,7 @@ def test_a_peer_part_with_ciphertexts_outside_the_keys_range_is_refused_naming_t
     text = sum_job(members, _keys[0]).replace(f'"{b.address}"', f'"127.0.0.1:{port}"')
     alice = pki.load_identity(federation.identity(*ALICE))
     signed = sign_job_text(text, alice, base_dir=Path("/"))
-    sum_pb2_grpc.add_PeerServiceServicer_to_server(
+    peer_pb2_grpc.add_PeerServiceServicer_to_server(
         _CompromisedNode(b.home, sum_params(spec_from_canonical(signed.canonical).params), 3),
         server)
     server.start()
@@ -654,7 +654,7 @@ def test_a_peer_part_with_ciphertexts_outside_the_keys_range_is_refused_naming_t
     no_plaintext(members["bank-c"], data["bank-c"])
 
 
-class _VanishingNode(sum_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
+class _VanishingNode(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
     """bank-c with its own keys: answers PrepareSum, then goes down while asked for its part."""
 
     def __init__(self, home: Any) -> None:
@@ -689,7 +689,7 @@ def test_a_node_going_down_after_its_key_fails_the_run_and_every_log_says_what_i
     port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
         [(ident.read_tls_key(), ident.read_tls_cert())], root_certificates=ident.read_ca_cert(),
         require_client_auth=True))
-    sum_pb2_grpc.add_PeerServiceServicer_to_server(vanishing, server)
+    peer_pb2_grpc.add_PeerServiceServicer_to_server(vanishing, server)
     server.start()
     address = f"127.0.0.1:{port}"
     text = sum_job(members, _keys[0]).replace(f'"{c.address}"', f'"{address}"')

@@ -1,7 +1,8 @@
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -45,3 +46,11 @@ class Meters(_message.Message):
     cpu_ms: int
     bytes_out: int
     def __init__(self, runs: _Optional[int] = ..., rows_scanned: _Optional[int] = ..., result_rows: _Optional[int] = ..., items: _Optional[int] = ..., ciphertexts: _Optional[int] = ..., cpu_ms: _Optional[int] = ..., bytes_out: _Optional[int] = ...) -> None: ...
+
+class NodeReceipt(_message.Message):
+    __slots__ = ("node", "receipt")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    receipt: Receipt
+    def __init__(self, node: _Optional[str] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from veil.v1 import common_pb2 as veil_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11veil/v1/sum.proto\x12\x07veil.v1\x1a\x14veil/v1/common.proto\"\x1f\n\rRunSumRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x11PrepareSumRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"V\n\x07MaskKey\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\tstatement\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x04 \x01(\t\"[\n\x14\x43ontributeSumRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12#\n\tmask_keys\x18\x03 \x03(\x0b\x32\x10.veil.v1.MaskKey\"G\n\x07SumPart\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04sums\x18\x02 \x03(\x0c\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\x0c\x12\x10\n\x08withheld\x18\x04 \x03(\x0c\">\n\x0bNodeReceipt\x12\x0c\n\x04node\x18\x01 \x01(\t\x12!\n\x07receipt\x18\x02 \x01(\x0b\x32\x10.veil.v1.Receipt\"\x94\x01\n\tSumResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04sums\x18\x02 \x03(\x0c\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\x0c\x12\x10\n\x08withheld\x18\x04 \x03(\x0c\x12&\n\x08receipts\x18\x05 \x03(\x0b\x32\x14.veil.v1.NodeReceipt\x12\x1f\n\x06meters\x18\x06 \x01(\x0b\x32\x0f.veil.v1.Meters2B\n\nSumService\x12\x34\n\x06RunSum\x12\x16.veil.v1.RunSumRequest\x1a\x12.veil.v1.SumResult2\x8b\x01\n\x0bPeerService\x12:\n\nPrepareSum\x12\x1a.veil.v1.PrepareSumRequest\x1a\x10.veil.v1.MaskKey\x12@\n\rContributeSum\x12\x1d.veil.v1.ContributeSumRequest\x1a\x10.veil.v1.SumPartb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11veil/v1/sum.proto\x12\x07veil.v1\x1a\x14veil/v1/common.proto\"\x1f\n\rRunSumRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x11PrepareSumRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"V\n\x07MaskKey\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\tstatement\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x04 \x01(\t\"[\n\x14\x43ontributeSumRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12#\n\tmask_keys\x18\x03 \x03(\x0b\x32\x10.veil.v1.MaskKey\"G\n\x07SumPart\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04sums\x18\x02 \x03(\x0c\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\x0c\x12\x10\n\x08withheld\x18\x04 \x03(\x0c\"\x94\x01\n\tSumResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04sums\x18\x02 \x03(\x0c\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\x0c\x12\x10\n\x08withheld\x18\x04 \x03(\x0c\x12&\n\x08receipts\x18\x05 \x03(\x0b\x32\x14.veil.v1.NodeReceipt\x12\x1f\n\x06meters\x18\x06 \x01(\x0b\x32\x0f.veil.v1.Meters2B\n\nSumService\x12\x34\n\x06RunSum\x12\x16.veil.v1.RunSumRequest\x1a\x12.veil.v1.SumResultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,12 +42,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTRIBUTESUMREQUEST']._serialized_end=317
   _globals['_SUMPART']._serialized_start=319
   _globals['_SUMPART']._serialized_end=390
-  _globals['_NODERECEIPT']._serialized_start=392
-  _globals['_NODERECEIPT']._serialized_end=454
-  _globals['_SUMRESULT']._serialized_start=457
-  _globals['_SUMRESULT']._serialized_end=605
-  _globals['_SUMSERVICE']._serialized_start=607
-  _globals['_SUMSERVICE']._serialized_end=673
-  _globals['_PEERSERVICE']._serialized_start=676
-  _globals['_PEERSERVICE']._serialized_end=815
+  _globals['_SUMRESULT']._serialized_start=393
+  _globals['_SUMRESULT']._serialized_end=541
+  _globals['_SUMSERVICE']._serialized_start=543
+  _globals['_SUMSERVICE']._serialized_end=609
 # @@protoc_insertion_point(module_scope)

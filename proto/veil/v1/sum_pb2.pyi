@@ -55,14 +55,6 @@ class SumPart(_message.Message):
     withheld: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, node: _Optional[str] = ..., sums: _Optional[_Iterable[bytes]] = ..., counts: _Optional[_Iterable[bytes]] = ..., withheld: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
-class NodeReceipt(_message.Message):
-    __slots__ = ("node", "receipt")
-    NODE_FIELD_NUMBER: _ClassVar[int]
-    RECEIPT_FIELD_NUMBER: _ClassVar[int]
-    node: str
-    receipt: _common_pb2.Receipt
-    def __init__(self, node: _Optional[str] = ..., receipt: _Optional[_Union[_common_pb2.Receipt, _Mapping]] = ...) -> None: ...
-
 class SumResult(_message.Message):
     __slots__ = ("run_id", "sums", "counts", "withheld", "receipts", "meters")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +67,6 @@ class SumResult(_message.Message):
     sums: _containers.RepeatedScalarFieldContainer[bytes]
     counts: _containers.RepeatedScalarFieldContainer[bytes]
     withheld: _containers.RepeatedScalarFieldContainer[bytes]
-    receipts: _containers.RepeatedCompositeFieldContainer[NodeReceipt]
+    receipts: _containers.RepeatedCompositeFieldContainer[_common_pb2.NodeReceipt]
     meters: _common_pb2.Meters
-    def __init__(self, run_id: _Optional[str] = ..., sums: _Optional[_Iterable[bytes]] = ..., counts: _Optional[_Iterable[bytes]] = ..., withheld: _Optional[_Iterable[bytes]] = ..., receipts: _Optional[_Iterable[_Union[NodeReceipt, _Mapping]]] = ..., meters: _Optional[_Union[_common_pb2.Meters, _Mapping]] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., sums: _Optional[_Iterable[bytes]] = ..., counts: _Optional[_Iterable[bytes]] = ..., withheld: _Optional[_Iterable[bytes]] = ..., receipts: _Optional[_Iterable[_Union[_common_pb2.NodeReceipt, _Mapping]]] = ..., meters: _Optional[_Union[_common_pb2.Meters, _Mapping]] = ...) -> None: ...

@@ -3,8 +3,10 @@
 Everything happens under ./demo-run (recreated each time): a federation CA, three
 nodes ("bank-a", "bank-b", "bank-c") serving on loopback ports, an analyst, two approvers
 and an auditor. A query job runs at one bank; then a sum job totals a column across all
-three without any bank's part being revealed to anyone. Each step prints the `veil` command it runs, so the output doubles as a
-walkthrough.
+three without any bank's part being revealed to anyone; then two banks intersect their
+customers' phone numbers (how many they share, and the total amount of the shared ones)
+without either learning who they are. Each step prints the `veil` command it runs, so the
+output doubles as a walkthrough.
 """
 
 from __future__ import annotations
@@ -62,9 +64,16 @@ def banner(text: str) -> None:
     print(f"\n{'=' * 78}\n{text}\n{'=' * 78}", flush=True)
 
 
+#: phone numbers customers of the three banks draw from, so that the banks share customers
+PHONES = [f"138{n:08d}" for n in random.Random(2026).sample(range(10**8), 1000)]
+
+
 def write_customers(path: Path, n: int, seed: int) -> None:
-    """Synthetic customers: every classification level, and one tiny region (4 people)."""
+    """Synthetic customers: every classification level, and one tiny region (4 people).
+    Phones come from one shared pool, written in two styles (both normalize to the same
+    digits), so that two banks have customers in common."""
     rng = random.Random(seed)
+    phones = rng.sample(PHONES, n)
     regions = ["north", "south", "east", "west"]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
@@ -72,7 +81,8 @@ def write_customers(path: Path, n: int, seed: int) -> None:
         for i in range(n):
             region = "islands" if i < 4 else rng.choice(regions)
             w.writerow([f"c{seed}-{i:05d}", region, rng.choice(["20s", "30s", "40s", "50s"]),
-                        rng.randint(100, 5000), f"138{rng.randint(0, 99_999_999):08d}",
+                        rng.randint(100, 5000),
+                        phones[i] if seed % 2 else f"{phones[i][:3]} {phones[i][3:7]} {phones[i][7:]}",
                         f"ID{rng.randint(0, 10**10):010d}"])
 
 
@@ -110,7 +120,7 @@ def main() -> int:
             veil("node", "init", node, "--name", node, "--federation", "federation")
             config = (EXAMPLES / "node.toml").read_text().replace('"bank-a"', f'"{node}"')
             (ROOT / node / "node.toml").write_text(config)
-            write_customers(ROOT / f"{node}.csv", 400, seed=len(addresses))
+            write_customers(ROOT / f"{node}.csv", 400, seed=BANKS.index(node))
             veil("dataset", "add", node, "customers", f"{node}.csv", "--key", "customer_id",
                  "--level", "region=public", "--level", "age_band=internal",
                  "--level", "national_id=core", "--receipt-out", f"{node}-receipt.json")
@@ -124,9 +134,10 @@ def main() -> int:
 
         _jobs_and_queries(addresses)
         _federated_sum(addresses)
+        _intersections(addresses)
 
-        banner("11. [auditor audrey] verifies every node's log and keeps its checkpoint; [bank-b] "
-               "replays its part of the sum")
+        banner("13. [auditor audrey] verifies every node's log and keeps its checkpoint; [bank-b] "
+               "replays its parts of the sum and the intersections")
         for addr in addresses.values():
             veil("audit", "verify", "--node", addr, "--identity", "audrey", "--state", "auditor")
         print(CHECKPOINT_NOTE, flush=True)
@@ -216,6 +227,73 @@ def _federated_sum(addresses: dict[str, str]) -> None:
     r = veil("run", "sum", job_id, "--node", addresses["bank-a"], "--identity", "alice",
              "--key", "alice-key", "--format", "json", show=False)
     _check_totals(json.loads(r.stdout))
+
+
+def _intersections(addresses: dict[str, str]) -> None:
+    banner("11. [analyst alice] asks bank-a and bank-b how many customers they share (PSI)")
+    print("  Each bank hashes its customers' phone numbers (normalized to digits: \"138 1234 5678\"\n"
+          "  and \"13812345678\" match) to curve points, blinds them with a secret of this run and\n"
+          "  sends them; the other bank blinds them again. Only doubly blinded points are\n"
+          "  compared: neither bank learns who is shared, alice learns only how many.", flush=True)
+    psi = _job_file("psi-job.toml", addresses, {'normalize = "e164"': 'normalize = "digits"'})
+    job_id = _submit_and_approve(psi, ("bank-a", "bank-b"), addresses)
+    veil("run", "psi", job_id, "--node", addresses["bank-a"], "--identity", "alice")
+    r = veil("run", "psi", job_id, "--node", addresses["bank-a"], "--identity", "alice",
+             "--format", "json", show=False)
+    shared = _shared("bank-a", "bank-b")
+    assert json.loads(r.stdout)["cardinality"] == len(shared), r.stdout
+    print(f"\n  check: {len(shared)} phone numbers are in both CSV files (only this demo can read\n"
+          "  both); that is the count alice got.", flush=True)
+
+    banner("12. [analyst alice] the total amount bank-b's shared customers spent (intersection sum)")
+    print("  bank-b sends each blinded point with its amount, encrypted under alice's Paillier\n"
+          "  key; bank-a adds the encrypted amounts of the matching points without being able to\n"
+          "  read them; only alice decrypts, and only the total.", flush=True)
+    isum = _job_file("intersection-sum-job.toml", addresses,
+                     {'"analyst-paillier.pub"': '"alice-key/paillier.pub"'})
+    job_id = _submit_and_approve(isum, ("bank-a", "bank-b"), addresses)
+    veil("run", "psi", job_id, "--node", addresses["bank-a"], "--identity", "alice",
+         "--key", "alice-key")
+    r = veil("run", "psi", job_id, "--node", addresses["bank-a"], "--identity", "alice",
+             "--key", "alice-key", "--format", "json", show=False)
+    with (ROOT / "bank-b.csv").open() as f:
+        total = sum(Decimal(row["amount"]) for row in csv.DictReader(f)
+                    if row["phone"].replace(" ", "") in shared)
+    assert Decimal(json.loads(r.stdout)["sums"]["amount"]) == total, r.stdout
+    print(f"\n  check: {total} is the plain total of bank-b's amounts over the shared phones.",
+          flush=True)
+
+
+def _job_file(name: str, addresses: dict[str, str], edits: dict[str, str]) -> str:
+    text = (EXAMPLES / name).read_text()
+    for old, new in edits.items():
+        text = text.replace(old, new)
+    for node, address in addresses.items():
+        text = text.replace(f'"{node}.example:7400"', f'"{address}"')
+    (ROOT / name).write_text(text)
+    return name
+
+
+def _submit_and_approve(job_file: str, nodes: tuple[str, ...], addresses: dict[str, str]) -> str:
+    r = veil("job", "submit", job_file, "--identity", "alice")
+    job = re.search(r"job ([0-9a-f]{32})", r.stdout)
+    assert job is not None
+    job_id = job.group(1)
+    for node in nodes:
+        for role in ("olga", "sam"):
+            veil("job", "approve", job_id, "--node", addresses[node], "--identity", role,
+                 show=False)
+    print(f"\n  (olga and sam approve it at {' and '.join(nodes)})", flush=True)
+    return job_id
+
+
+def _shared(*banks: str) -> set[str]:
+    sets = []
+    for node in banks:
+        with (ROOT / f"{node}.csv").open() as f:
+            sets.append({row["phone"].replace(" ", "")
+                         for row in csv.DictReader(f)})
+    return set.intersection(*sets)
 
 
 def _check_totals(doc: dict[str, object]) -> None:

@@ -443,8 +443,7 @@ class Client:
         node). ``progress(done, total)`` hears how many points the leader has blinded; an
         intersection sum's totals are decrypted with ``key`` (the analyst's Paillier private
         key). Both nodes' receipts come back with the result."""
-        from veil.node.jobs import psi_params, spec_from_canonical
-        from veil.node.kinds.psi import _packing, leader
+        from veil.node.jobs import leader, psi_params, spec_from_canonical, values_packing
         from veil.protocols.paillier import Decryptor, ciphertext_from_bytes
 
         info = self.job(job_id)
@@ -467,7 +466,7 @@ class Client:
             pub = key.public_key
             plain = Decryptor(key).decrypt_many(
                 [ciphertext_from_bytes(pub, bytes(b)) for b in result.sums])
-            values = _packing(p, result.peer_set_size).unpack_decimal(
+            values = values_packing(p, result.peer_set_size).unpack_decimal(
                 plain, len(p.values), result.cardinality)
             sums = dict(zip(p.values, values))
         elif p.paillier_n is not None:

@@ -62,8 +62,7 @@ def cmd_run_psi(args: argparse.Namespace) -> int:
     an intersection sum's decrypted totals, the receivers' new datasets and both receipts.
     ``--node`` may be either node of the job: the job itself says which node leads."""
     from veil.node import keys
-    from veil.node.jobs import PSI_KINDS, spec_from_canonical
-    from veil.node.kinds.psi import leader
+    from veil.node.jobs import PSI_KINDS, leader, spec_from_canonical
 
     with client_for(args) as first:
         job = first.job(job_id(first, args.job_id))

@@ -48,7 +48,7 @@ from veil.node.jobs._spec import (
     spec_from_canonical,
     verify_job,
 )
-from veil.node.jobs._psi import PSI_KINDS, PsiParams, psi_params, run_meters
+from veil.node.jobs._psi import PSI_KINDS, PsiParams, leader, psi_params, run_meters, values_packing
 from veil.node.jobs._sum import SumParams, SumTotals
 from veil.node.jobs._sum import parse as sum_params
 from veil.node.jobs._tariff import (
@@ -107,6 +107,8 @@ __all__ = [
     "required_roles",
     "reveals",
     "run_meters",
+    "leader",
+    "values_packing",
     "sign_decision",
     "sign_job",
     "spec_from_canonical",

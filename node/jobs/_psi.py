@@ -303,3 +303,24 @@ _SUM_HINTS = {
     "bound": ': the largest |value| of one key, e.g. bound = "1000000"',
     "paillier_n": ": your Paillier public key (paillier_key = \"FILE\" from `veil keys paillier`)",
 }
+
+
+def leader(spec: JobSpec) -> str:
+    """The node the analyst asks for a run: the keys node of an intersection sum (it adds the
+    values node's encrypted values), else the job's first node."""
+    p = psi_params(spec)
+    if p.values_node is not None:
+        return p.peer(p.values_node)
+    return spec.nodes[0].name
+
+
+def values_packing(p: PsiParams, addends: int) -> Any:
+    """How the values node packs one key's values into Paillier plaintexts, with room for the
+    sum over ``addends`` keys (its set size); the analyst unpacks the totals with the same."""
+    from phe.paillier import PaillierPublicKey
+
+    from veil.protocols.packing import Packing
+
+    assert p.bound is not None and p.paillier_n is not None
+    return Packing.for_key(PaillierPublicKey(p.paillier_n), lower=-p.bound, upper=p.bound,
+                           digits=p.scale, addends=max(1, addends))

@@ -80,6 +80,7 @@ from veil.node.catalog import DatasetVersion
 from veil.node.config import NodeConfig
 from veil.node.context import NodeContext
 from veil.node.errors import (
+    ApprovalRequired,
     FailedPrecondition,
     InvalidInput,
     PolicyDenied,
@@ -88,7 +89,14 @@ from veil.node.errors import (
 )
 from veil.node.grants import Grant
 from veil.node.home import NodeHome
-from veil.node.jobs import JobSpec, Meters, PsiParams, psi_params, spec_from_canonical
+from veil.node.jobs import (
+    JobSpec,
+    Meters,
+    PsiParams,
+    check_not_expired,
+    psi_params,
+    spec_from_canonical,
+)
 from veil.node.kinds import Replayed
 from veil.protocols import paillier
 from veil.protocols import psi as proto
@@ -673,6 +681,18 @@ class _Run:
                            f"this node's min_intersection_size ({minimum:,}); nothing was "
                            "released")
 
+    def check_still_runnable(self) -> None:
+        """The job as it stands now (revoked or expired mid-run?), before anything is
+        released: the gate checks it again when it logs, but by then the other node may have
+        released its part (a membership receiver's new version)."""
+        grants = self.ctx.grants
+        with grants.lock:
+            job = grants.get(self.grant.id)
+        if job.revoked:
+            raise ApprovalRequired(f"job {job.id} was revoked at {job.revoked} during the run; "
+                                   "nothing was released")
+        check_not_expired(job.spec)
+
     def own_points(self) -> bytes:
         """Our points in a random order we keep (``perm[i]`` is the key at position i)."""
         assert self.local is not None
@@ -842,9 +862,13 @@ class _LeaderRun(_Run):
         assert count is not None
         try:
             self.check_minimum(count)
+            self.check_still_runnable()
         except _Refused as exc:
             self._finish(False, count, str(exc))
             return _refusal(self, wire, exc)
+        except VeilError as exc:
+            self._finish(False, 0, str(exc))
+            raise
         self._finish(True, count, "")
         try:
             done = wire.recv("done").done

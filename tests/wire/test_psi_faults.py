@@ -94,6 +94,17 @@ def last(member: Member, method: str) -> dict[str, Any]:
     return entries(member, method)[-1]
 
 
+def no_psi_threads_left() -> None:
+    """Every thread a PSI run started (leader, peer, sender, reader) has ended."""
+    from tests.conftest import wait_for
+
+    def clear() -> bool:
+        return not [t for t in threading.enumerate()
+                    if t.name in ("psi-leader", "psi-peer", "psi-send", "psi-recv")]
+
+    wait_for(clear, timeout=15)
+
+
 def phones(n: int, start: int = 0) -> list[str | None]:
     return [f"+86 139 {i:08d}" for i in range(start, start + n)]
 
@@ -347,6 +358,7 @@ def test_a_hostile_leader_sending_bad_points_is_refused_naming_the_problem(
     assert e["status"] == "INVALID_ARGUMENT" and problem in e["message"]
     assert "result_sha256" not in e
     assert len(entries(members["telco"])) == before + 1  # one entry, nothing else stored
+    no_psi_threads_left()
 
 
 # --------------------------------------------------------------------------- faults mid-stream
@@ -390,6 +402,7 @@ def test_a_leader_that_disconnects_mid_stream_leaves_no_partial_result(
             catalog.current(conn, "shared")  # no new version from the broken run
     finally:
         conn.close()
+    no_psi_threads_left()
     assert run(federation, members, job_id).cardinality == 5  # the node keeps serving
 
 
@@ -413,6 +426,7 @@ def test_a_leader_that_goes_idle_is_cut_off_by_the_node(
     assert "node 'bank'" in err.value.details() and "idle" in err.value.details()
     e = last(members["telco"], EXCHANGE)
     assert e["status"] == "DEADLINE_EXCEEDED" and "result_sha256" not in e
+    no_psi_threads_left()
     assert run(federation, members, job_id).cardinality == 5
 
 
@@ -434,3 +448,87 @@ def test_two_runs_of_one_job_at_once_both_complete(federation: Federation, pair)
         t.join(60)
     assert [getattr(o, "cardinality", o) for o in outs] == [25, 25]
     assert len({o.run_id for o in outs}) == 2
+
+
+# --------------------------------------------------------------------------- mid-run
+
+
+def _membership_job(federation: Federation, members: dict[str, Member]) -> str:
+    text = job_text(members, params='output = "membership"\nreceivers = ["telco"]\n'
+                                    'into = "shared"')
+    return submit_and_approve(federation, members, text)
+
+
+def _stored(member: Member, name: str) -> bool:
+    conn = member.home.connect()
+    try:
+        catalog.current(conn, name)
+        return True
+    except VeilError:
+        return False
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def big_pair(pair):  # type: ignore[no-untyped-def]
+    """Sets large enough that the run is still exchanging at its first progress update."""
+    return pair(phones(30_000), phones(30_000, start=29_000))
+
+
+@pytest.mark.slow
+def test_the_analyst_cancelling_run_psi_mid_run_is_logged_cancelled_and_the_peer_stops(
+    federation: Federation, big_pair  # type: ignore[no-untyped-def]
+) -> None:
+    from tests.conftest import wait_for
+
+    members = big_pair
+    job_id = _membership_job(federation, members)
+    with Client(members["bank"].address, federation.identity("analyst", "alice"),
+                node="bank") as alice:
+        stream = alice._psi.RunPsi(psi_pb2.RunPsiRequest(job_id=job_id), timeout=120)
+        cancelled = False
+        with pytest.raises(grpc.RpcError) as err:
+            for update in stream:
+                assert update.HasField("progress"), "the run ended before it could be cancelled"
+                if update.progress.done < update.progress.total:
+                    stream.cancel()
+                    cancelled = True
+    assert cancelled and err.value.code() == grpc.StatusCode.CANCELLED
+    wait_for(lambda: bool(entries(members["bank"], RUN))
+             and bool(entries(members["telco"], EXCHANGE)), timeout=30)
+    lead, other = last(members["bank"], RUN), last(members["telco"], EXCHANGE)
+    assert lead["status"] == "CANCELLED" and "result_sha256" not in lead
+    assert other["status"] in ("CANCELLED", "INVALID_ARGUMENT"), other
+    assert "result_sha256" not in other
+    assert not _stored(members["telco"], "shared")
+    no_psi_threads_left()
+    assert run(federation, members, job_id).cardinality == 1000  # both keep serving
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at", ["bank", "telco"])
+def test_a_job_revoked_mid_run_releases_nothing(
+    federation: Federation, big_pair, at: str  # type: ignore[no-untyped-def]
+) -> None:
+    members = big_pair
+    job_id = _membership_job(federation, members)
+    revoked: list[bool] = []
+
+    def revoke(done: int, total: int) -> None:
+        if not revoked and done < total:
+            with Client(members[at].address,
+                        federation.identity("operator", f"olga-{at}")) as olga:
+                olga.revoke(job_id, "consent withdrawn")
+            revoked.append(True)
+
+    with Client(members["bank"].address, federation.identity("analyst", "alice"),
+                node="bank") as alice, pytest.raises(VeilError) as err:
+        alice.run_psi(job_id, progress=revoke)
+    assert revoked, "the run ended before it could be revoked"
+    assert "revoked" in str(err.value)
+    for m, method in ((members["bank"], RUN), (members["telco"], EXCHANGE)):
+        e = last(m, method)
+        assert e["status"] != "OK" and "result_sha256" not in e, e
+    assert "revoked" in last(members[at], RUN if at == "bank" else EXCHANGE)["message"]
+    assert not _stored(members["telco"], "shared")

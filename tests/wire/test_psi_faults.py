@@ -532,3 +532,48 @@ def test_a_job_revoked_mid_run_releases_nothing(
         assert e["status"] != "OK" and "result_sha256" not in e, e
     assert "revoked" in last(members[at], RUN if at == "bank" else EXCHANGE)["message"]
     assert not _stored(members["telco"], "shared")
+
+
+def _raw(m: psi_pb2.PsiMessage) -> bytes:
+    return m.SerializeToString()
+
+
+@pytest.mark.parametrize(("script", "problem"), [
+    (lambda j: [_raw(_hello(j, 1)), b"\xff\xff\xff\xff"], "malformed veil.v1.PsiMessage"),
+    (lambda j: [_raw(psi_pb2.PsiMessage(job_id=j, mine=psi_pb2.PsiPoints(points=_points(j, 1))))],
+     "must start with hello"),
+    (lambda j: [_raw(psi_pb2.PsiMessage(job_id=j, hello=psi_pb2.PsiHello(run_id="zz", set_size=1)))],
+     "run_id: expected 32 lowercase hex digits"),
+    (lambda j: [_raw(_hello(j, 1)), _raw(psi_pb2.PsiMessage(finish=psi_pb2.PsiFinish(release=True)))],
+     "sent finish during the exchange of points"),
+    (lambda j: [_raw(_hello(j, 1)), _raw(psi_pb2.PsiMessage(theirs=psi_pb2.PsiPoints(
+        points=_points(j, 1))))], "sent back points this node must not get"),
+    (lambda j: [_raw(_hello(j, 1)), _raw(psi_pb2.PsiMessage(mine=psi_pb2.PsiPoints(
+        points=_points(j, 1), values=[b"x"])))], "values the job does not ask for"),
+])
+def test_a_hostile_leader_sending_malformed_or_out_of_order_messages_is_refused(
+    federation: Federation, pair, script: Any, problem: str  # type: ignore[no-untyped-def]
+) -> None:
+    members = pair(phones(5), phones(5))
+    job_id = submit_and_approve(federation, members, job_text(members))
+    channel = fed.channel(members["telco"].address, members["bank"].home.identity, node="telco")
+    call = channel.stream_stream(EXCHANGE, request_serializer=lambda b: b,
+                                 response_deserializer=psi_pb2.PsiMessage.FromString)
+    held = threading.Event()
+
+    def messages() -> Iterator[bytes]:
+        yield from script(job_id)
+        held.wait(20)  # keep the stream open: the node must answer without the caller's end
+
+    with channel, pytest.raises(grpc.RpcError) as err:
+        try:
+            for _ in call(messages(), timeout=20):
+                pass
+        finally:
+            held.set()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert problem in err.value.details()
+    e = last(members["telco"], EXCHANGE)
+    assert e["status"] == "INVALID_ARGUMENT" and problem in e["message"]
+    assert "result_sha256" not in e and "meters" not in e
+    no_psi_threads_left()

@@ -190,7 +190,7 @@ class PsiKind:
                                      "the exchange, it does not answer one")
         if first.WhichOneof("step") != "hello":
             raise InvalidInput("the exchange must start with hello (run id and set size)")
-        wire = _Wire(iter(incoming))
+        wire = _Wire(iter(incoming), idle=True)
         run = _PeerRun(ctx, call, grant, first.hello, wire)
         thread = threading.Thread(target=run.main, name="psi-peer", daemon=True)
         thread.start()
@@ -366,12 +366,16 @@ class _Wire:
     leader, the handler's yields at the other node).
 
     The peer's messages are read by a thread of their own into a bounded queue, so that no
-    wait on the peer is unbounded: ``recv`` gives up when the peer sent nothing for
-    ``PSI_IDLE_S``, ``send`` when the peer read nothing for as long, and both once the
-    exchange has lasted ``PSI_TIMEOUT_S`` (:class:`_TimedOut`, ``DEADLINE_EXCEEDED``). A
-    hostile or stuck peer cannot hold the node's threads."""
+    wait on the peer is unbounded: both ``recv`` and ``send`` give up once the exchange has
+    lasted ``PSI_TIMEOUT_S`` (:class:`_TimedOut`, ``DEADLINE_EXCEEDED``). The answering
+    node's wire (``idle=True``) also gives up when the leader sent nothing, or read nothing,
+    for ``PSI_IDLE_S``: a hostile or stuck caller cannot hold the node's threads. The
+    leader's wire has no idle bound: it may legitimately hear nothing for long (the other
+    node hashing a large set before its hello, or blinding every point of a large set
+    before it returns them shuffled), and it is the leader's own run."""
 
-    def __init__(self, source: Iterator[Any] | None = None) -> None:
+    def __init__(self, source: Iterator[Any] | None = None, *, idle: bool = False) -> None:
+        self._idle = idle
         self._out: queue.Queue[Any] = queue.Queue(maxsize=DEPTH)
         self._in: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=DEPTH)
         self._source = source
@@ -387,7 +391,7 @@ class _Wire:
     def _wait(self, what: str, since: float) -> None:
         """Raise when the peer has not moved for ``PSI_IDLE_S`` or the run is over time."""
         now = time.monotonic()
-        if now - since > PSI_IDLE_S:
+        if self._idle and now - since > PSI_IDLE_S:
             raise _TimedOut(f"{self.peer} {what} for {PSI_IDLE_S:g} s: the exchange was idle "
                             "too long and is abandoned; nothing was released")
         if now > self._deadline:

@@ -577,3 +577,33 @@ def test_a_hostile_leader_sending_malformed_or_out_of_order_messages_is_refused(
     assert e["status"] == "INVALID_ARGUMENT" and problem in e["message"]
     assert "result_sha256" not in e and "meters" not in e
     no_psi_threads_left()
+
+
+@pytest.mark.slow
+def test_a_leader_that_never_reads_is_cut_off_by_the_node(
+    federation: Federation, pair, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    """It sends its hello and every point it declared, but never reads the node's points nor
+    sends its finish: whichever the node waits on (a send stalled by flow control, or the
+    finish), it lets go after PSI_IDLE_S, and no thread of the run is left."""
+    from tests.conftest import wait_for
+
+    monkeypatch.setattr(psi_kind, "PSI_IDLE_S", 1.0)
+    members = pair(phones(5), phones(60_000, start=3))  # ~2 MB of points from telco
+    job_id = submit_and_approve(federation, members, job_text(members))
+    script = _Script()
+    script.send(_hello(job_id, 1))
+    script.send(psi_pb2.PsiMessage(mine=psi_pb2.PsiPoints(points=_points(job_id, 1))))
+    channel, stub = _hostile(members, members["bank"].home.identity)
+    stream = stub.ExchangePsi(iter(script), timeout=60)  # started, never read
+    try:
+        wait_for(lambda: bool(entries(members["telco"], EXCHANGE)), timeout=40)
+        e = last(members["telco"], EXCHANGE)
+        assert e["status"] == "DEADLINE_EXCEEDED" and "idle too long" in e["message"], e
+        no_psi_threads_left()
+    finally:
+        stream.cancel()
+        script.stop()
+        channel.close()
+    # the leader has no idle bound: telco hashing 60,000 keys before its hello is no fault
+    assert run(federation, members, job_id).cardinality == 2

@@ -54,6 +54,7 @@ point or a count.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -519,11 +520,16 @@ def _exchange(wire: _Wire, pool: proto.BlindPool, scalar: bytes, mine: bytes, n_
         try:
             size = batch * proto.POINT_BYTES
             chunks = [mine[i:i + size] for i in range(0, len(mine), size)]
-            for i, out in enumerate(pool.blind_batches(scalar, chunks)):
-                start = i * batch
-                values = encrypt(start, start + len(out) // proto.POINT_BYTES) if encrypt else []
-                wire.send(psi_pb2.PsiMessage(mine=psi_pb2.PsiPoints(points=out, values=values)))
-                progress.add(len(out) // proto.POINT_BYTES)
+            # closed here, not when the traceback kept in ``errors`` lets it go: a send that
+            # fails (the peer gone, idle) cancels the batches still blinding at once
+            with contextlib.closing(pool.blind_batches(scalar, chunks)) as blinded:
+                for i, out in enumerate(blinded):
+                    start = i * batch
+                    values = (encrypt(start, start + len(out) // proto.POINT_BYTES)
+                              if encrypt else [])
+                    wire.send(psi_pb2.PsiMessage(mine=psi_pb2.PsiPoints(points=out,
+                                                                        values=values)))
+                    progress.add(len(out) // proto.POINT_BYTES)
         except BaseException as exc:  # noqa: BLE001 - reported by the caller's thread
             errors.append(exc)
 

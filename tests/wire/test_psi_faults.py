@@ -247,10 +247,12 @@ def test_sets_larger_than_the_items_quota_are_refused_before_points_are_exchange
         run(federation, members, job_id)
     assert err.value.status == "RESOURCE_EXHAUSTED"
     assert "node 'bank'" in str(err.value) and "items" in str(err.value)
-    lead = last(members["bank"], RUN)
-    assert lead["status"] == "RESOURCE_EXHAUSTED"
-    # no point went out: only the hello crossed
-    assert members["telco"].home and last(members["telco"], EXCHANGE)["status"] != "OK"
+    lead, other = last(members["bank"], RUN), last(members["telco"], EXCHANGE)
+    assert lead["status"] == other["status"] == "RESOURCE_EXHAUSTED"
+    assert "node 'bank'" in lead["message"] and "node 'telco'" in other["message"]
+    # no point crossed: each node sent its hello (and the leader its finish) only
+    assert lead["details"]["psi"]["peer_set_size"] == 30
+    assert "meters" not in lead and "meters" not in other
 
 
 # --------------------------------------------------------------------------- wrong callers

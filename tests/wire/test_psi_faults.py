@@ -546,6 +546,7 @@ def _raw(m: psi_pb2.PsiMessage) -> bytes:
      "must start with hello"),
     (lambda j: [_raw(psi_pb2.PsiMessage(job_id=j, hello=psi_pb2.PsiHello(run_id="zz", set_size=1)))],
      "run_id: expected 32 lowercase hex digits"),
+    (lambda j: [_raw(_hello(j, 10**12))], "declares 1,000,000,000,000 keys; at most 50,000,000"),
     (lambda j: [_raw(_hello(j, 1)), _raw(psi_pb2.PsiMessage(finish=psi_pb2.PsiFinish(release=True)))],
      "sent finish during the exchange of points"),
     (lambda j: [_raw(_hello(j, 1)), _raw(psi_pb2.PsiMessage(theirs=psi_pb2.PsiPoints(

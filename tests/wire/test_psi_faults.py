@@ -610,3 +610,35 @@ def test_a_leader_that_never_reads_is_cut_off_by_the_node(
         channel.close()
     # the leader has no idle bound: telco hashing 60,000 keys before its hello is no fault
     assert run(federation, members, job_id).cardinality == 2
+
+
+def test_a_leader_trickling_points_is_cut_off_at_the_exchange_deadline(
+    federation: Federation, pair, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    """Never idle long enough for the idle bound, it would hold the node for ever: the
+    answering node's own PSI_TIMEOUT_S ends it."""
+    members = pair(phones(5), phones(5))
+    job_id = submit_and_approve(federation, members, job_text(members))
+    monkeypatch.setattr(psi_kind, "PSI_TIMEOUT_S", 2.0)
+    stop = threading.Event()
+
+    def trickle() -> Iterator[psi_pb2.PsiMessage]:
+        yield _hello(job_id, 1000)
+        for i in range(1000):
+            if stop.wait(0.2):
+                return
+            yield psi_pb2.PsiMessage(mine=psi_pb2.PsiPoints(points=_points(job_id, 1, start=i)))
+
+    channel, stub = _hostile(members, members["bank"].home.identity)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            for _ in stub.ExchangePsi(trickle(), timeout=60):
+                pass
+    finally:
+        stop.set()
+        channel.close()
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value.details()
+    assert "did not finish the exchange within 2 s" in err.value.details()
+    e = last(members["telco"], EXCHANGE)
+    assert e["status"] == "DEADLINE_EXCEEDED" and "result_sha256" not in e
+    no_psi_threads_left()

@@ -33,7 +33,7 @@ import random
 import sys
 import unicodedata
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -344,7 +344,8 @@ class BlindPool:
         for f in [self._pool.submit(_warm) for _ in range(self.workers)]:
             f.result()
 
-    def blind_batches(self, scalar: bytes, batches: Iterable[bytes]) -> Iterator[bytes]:
+    def blind_batches(self, scalar: bytes,
+                      batches: Iterable[bytes]) -> Generator[bytes, None, None]:
         """``blind(scalar, batch)`` for each batch, in order. A bad point raises
         :class:`InvalidPoint` naming its batch (counted from 0) and its index in that batch;
         the batches still in flight are cancelled."""

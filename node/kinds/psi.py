@@ -54,6 +54,7 @@ point or a count.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -61,6 +62,7 @@ import queue
 import secrets
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping
 from decimal import Decimal, InvalidOperation
@@ -79,6 +81,7 @@ from veil.node.catalog import DatasetVersion
 from veil.node.config import NodeConfig
 from veil.node.context import NodeContext
 from veil.node.errors import (
+    ApprovalRequired,
     FailedPrecondition,
     InvalidInput,
     PolicyDenied,
@@ -87,7 +90,14 @@ from veil.node.errors import (
 )
 from veil.node.grants import Grant
 from veil.node.home import NodeHome
-from veil.node.jobs import JobSpec, Meters, PsiParams, psi_params, spec_from_canonical
+from veil.node.jobs import (
+    JobSpec,
+    Meters,
+    PsiParams,
+    check_not_expired,
+    psi_params,
+    spec_from_canonical,
+)
 from veil.node.kinds import Replayed
 from veil.protocols import paillier
 from veil.protocols import psi as proto
@@ -97,8 +107,10 @@ from veil.protocols.packing import Packing
 #: points per message (32 bytes each: 128 KiB), or per message with values
 BATCH = 4096
 VALUES_BATCH = 256
-#: the leader's deadline on the whole exchange
+#: the deadline on the whole exchange, at both nodes (the leader's call carries it too)
 PSI_TIMEOUT_S = 3600.0
+#: a peer that sends nothing (or reads nothing) for this long loses the exchange
+PSI_IDLE_S = 300.0
 #: a set larger than this is refused before anything is read into memory twice
 MAX_SET = 50_000_000
 #: how many batches each side keeps in flight (bounded memory)
@@ -179,7 +191,7 @@ class PsiKind:
                                      "the exchange, it does not answer one")
         if first.WhichOneof("step") != "hello":
             raise InvalidInput("the exchange must start with hello (run id and set size)")
-        wire = _Wire(iter(incoming))
+        wire = _Wire(iter(incoming), idle=True)
         run = _PeerRun(ctx, call, grant, first.hello, wire)
         thread = threading.Thread(target=run.main, name="psi-peer", daemon=True)
         thread.start()
@@ -343,55 +355,133 @@ class _Closed(Exception):
     """The exchange was cancelled or broke: stop quietly, the cause is reported elsewhere."""
 
 
+class _TimedOut(VeilError):
+    """The peer held the exchange open without moving it on: the node lets go of it."""
+
+    status = "DEADLINE_EXCEEDED"
+
+
 class _Wire:
     """One side's view of the stream: ``send`` queues a message (bounded), ``recv`` takes
     the peer's next one. ``outgoing`` is what gRPC sends (the request iterator at the
-    leader, the handler's yields at the other node)."""
+    leader, the handler's yields at the other node).
 
-    def __init__(self, source: Iterator[Any] | None = None) -> None:
+    The peer's messages are read by a thread of their own into a bounded queue, so that no
+    wait on the peer is unbounded: both ``recv`` and ``send`` give up once the exchange has
+    lasted ``PSI_TIMEOUT_S`` (:class:`_TimedOut`, ``DEADLINE_EXCEEDED``). The answering
+    node's wire (``idle=True``) also gives up when the leader sent nothing, or read nothing,
+    for ``PSI_IDLE_S``: a hostile or stuck caller cannot hold the node's threads. The
+    leader's wire has no idle bound: it may legitimately hear nothing for long (the other
+    node hashing a large set before its hello, or blinding every point of a large set
+    before it returns them shuffled), and it is the leader's own run."""
+
+    def __init__(self, source: Iterator[Any] | None = None, *, idle: bool = False) -> None:
+        self._idle = idle
         self._out: queue.Queue[Any] = queue.Queue(maxsize=DEPTH)
+        self._in: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=DEPTH)
         self._source = source
+        self._reader: threading.Thread | None = None
         self._closed = threading.Event()
+        self._deadline = time.monotonic() + PSI_TIMEOUT_S
         self.bytes_sent = 0
         self.peer = "the peer"
 
     def attach(self, source: Iterator[Any], peer: str) -> None:
         self._source, self.peer = source, peer
 
+    def _wait(self, what: str, since: float) -> None:
+        """Raise when the peer has not moved for ``PSI_IDLE_S`` or the run is over time."""
+        now = time.monotonic()
+        if self._idle and now - since > PSI_IDLE_S:
+            raise _TimedOut(f"{self.peer} {what} for {PSI_IDLE_S:g} s: the exchange was idle "
+                            "too long and is abandoned; nothing was released")
+        if now > self._deadline:
+            raise _TimedOut(f"{self.peer} did not finish the exchange within "
+                            f"{PSI_TIMEOUT_S:g} s; nothing was released")
+
     def send(self, message: psi_pb2.PsiMessage) -> None:
         self.bytes_sent += message.ByteSize()
+        self._put(message)
+
+    def _put(self, message: Any) -> None:
+        since = time.monotonic()
         while not self._closed.is_set():
             try:
                 self._out.put(message, timeout=0.2)
                 return
             except queue.Full:
-                continue
+                self._wait("read nothing", since)
         raise _Closed()
 
     def end(self) -> None:
         """No more messages from this side."""
+        try:
+            self._put(None)
+        except (_Closed, _TimedOut):
+            pass  # the stream is going away: there is nobody left to tell
+
+    def _pump(self) -> None:
+        assert self._source is not None
+        item: tuple[str, Any]
+        try:
+            for message in self._source:
+                self._hand(("message", message))
+                if self._closed.is_set():
+                    return
+            item = ("end", None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+            item = ("error", exc)
+        self._hand(item)
+
+    def _hand(self, item: tuple[str, Any]) -> None:
         while not self._closed.is_set():
             try:
-                self._out.put(None, timeout=0.2)
+                self._in.put(item, timeout=0.2)
                 return
             except queue.Full:
                 continue
 
-    def recv(self, expect: str | None = None) -> psi_pb2.PsiMessage:
-        assert self._source is not None
-        try:
-            message = next(self._source)
-        except StopIteration:
-            raise InvalidInput(f"{self.peer} ended the exchange before it was complete; "
-                               "nothing was released") from None
-        except grpc.RpcError as exc:
+    def _next(self, raw_errors: bool = False) -> psi_pb2.PsiMessage | None:
+        """The peer's next message, or None when it ended its side."""
+        if self._reader is None:
+            self._reader = threading.Thread(target=self._pump, name="psi-recv", daemon=True)
+            self._reader.start()
+        since = time.monotonic()
+        while True:
             if self._closed.is_set():
-                raise _Closed() from None
-            raise _peer_error(self.peer, exc) from None
+                raise _Closed()
+            try:
+                kind, item = self._in.get(timeout=0.2)
+            except queue.Empty:
+                self._wait("sent nothing", since)
+                continue
+            if kind == "message":
+                return item  # type: ignore[no-any-return]
+            if kind == "end":
+                self._in.put(("end", None))  # every later read sees the end too
+                return None
+            if isinstance(item, grpc.RpcError):
+                if raw_errors and hasattr(item, "code"):
+                    raise item
+                if self._closed.is_set():
+                    raise _Closed() from None
+                raise _peer_error(self.peer, item) from None
+            raise item
+
+    def recv(self, expect: str | None = None, raw_errors: bool = False) -> psi_pb2.PsiMessage:
+        message = self._next(raw_errors)
+        if message is None:
+            raise InvalidInput(f"{self.peer} ended the exchange before it was complete; "
+                               "nothing was released")
         if expect is not None and message.WhichOneof("step") != expect:
             raise InvalidInput(f"{self.peer} sent {message.WhichOneof('step') or 'nothing'} "
                                f"where the exchange expects {expect}")
         return message
+
+    def drain(self) -> None:
+        """The peer's end of the stream: it must send nothing more."""
+        if self._next() is not None:
+            raise InvalidInput(f"{self.peer} sent more after it was done")
 
     def outgoing(self) -> Iterator[psi_pb2.PsiMessage]:
         while True:
@@ -430,11 +520,16 @@ def _exchange(wire: _Wire, pool: proto.BlindPool, scalar: bytes, mine: bytes, n_
         try:
             size = batch * proto.POINT_BYTES
             chunks = [mine[i:i + size] for i in range(0, len(mine), size)]
-            for i, out in enumerate(pool.blind_batches(scalar, chunks)):
-                start = i * batch
-                values = encrypt(start, start + len(out) // proto.POINT_BYTES) if encrypt else []
-                wire.send(psi_pb2.PsiMessage(mine=psi_pb2.PsiPoints(points=out, values=values)))
-                progress.add(len(out) // proto.POINT_BYTES)
+            # closed here, not when the traceback kept in ``errors`` lets it go: a send that
+            # fails (the peer gone, idle) cancels the batches still blinding at once
+            with contextlib.closing(pool.blind_batches(scalar, chunks)) as blinded:
+                for i, out in enumerate(blinded):
+                    start = i * batch
+                    values = (encrypt(start, start + len(out) // proto.POINT_BYTES)
+                              if encrypt else [])
+                    wire.send(psi_pb2.PsiMessage(mine=psi_pb2.PsiPoints(points=out,
+                                                                        values=values)))
+                    progress.add(len(out) // proto.POINT_BYTES)
         except BaseException as exc:  # noqa: BLE001 - reported by the caller's thread
             errors.append(exc)
 
@@ -596,6 +691,18 @@ class _Run:
                            f"this node's min_intersection_size ({minimum:,}); nothing was "
                            "released")
 
+    def check_still_runnable(self) -> None:
+        """The job as it stands now (revoked or expired mid-run?), before anything is
+        released: the gate checks it again when it logs, but by then the other node may have
+        released its part (a membership receiver's new version)."""
+        grants = self.ctx.grants
+        with grants.lock:
+            job = grants.get(self.grant.id)
+        if job.revoked:
+            raise ApprovalRequired(f"job {job.id} was revoked at {job.revoked} during the run; "
+                                   "nothing was released")
+        check_not_expired(job.spec)
+
     def own_points(self) -> bytes:
         """Our points in a random order we keep (``perm[i]`` is the key at position i)."""
         assert self.local is not None
@@ -735,7 +842,7 @@ class _LeaderRun(_Run):
         self.stream = stub.ExchangePsi(wire.outgoing(), timeout=PSI_TIMEOUT_S)
         wire.attach(iter(self.stream), f"node {self.other!r}")
         try:
-            hello = wire.recv("hello").hello
+            hello = wire.recv("hello", raw_errors=True).hello
         except grpc.RpcError as exc:
             raise self._wrong(exc) from None
         self.n_peer = hello.set_size
@@ -765,14 +872,21 @@ class _LeaderRun(_Run):
         assert count is not None
         try:
             self.check_minimum(count)
+            self.check_still_runnable()
         except _Refused as exc:
             self._finish(False, count, str(exc))
             return _refusal(self, wire, exc)
+        except VeilError as exc:
+            self._finish(False, 0, str(exc))
+            raise
         self._finish(True, count, "")
         try:
             done = wire.recv("done").done
-        except VeilError:
-            raise
+        except VeilError as exc:
+            if exc.status != "FAILED_PRECONDITION":
+                raise
+            # the other node refused to release (its own minimum): the work was done at both
+            return _refusal(self, wire, _Refused(str(exc)))
         self._drain()
         receipt = self._receipt()
         datasets: list[psi_pb2.PsiDataset] = []
@@ -839,11 +953,7 @@ class _LeaderRun(_Run):
                 pass
 
     def _drain(self) -> None:
-        try:
-            for _ in self.stream:
-                raise InvalidInput(f"node {self.other!r} sent more after it was done")
-        except grpc.RpcError as exc:
-            raise _peer_error(f"node {self.other!r}", exc) from None
+        self.wire.drain()
 
     def _receipt(self) -> common_pb2.Receipt:
         meta = dict(self.stream.trailing_metadata() or ())
@@ -949,8 +1059,11 @@ def _internal(exc: Exception) -> VeilError:
 
 
 def _peer_error(peer: str, exc: grpc.RpcError) -> VeilError:
-    code = exc.code()  # type: ignore[attr-defined]
-    details = (exc.details() or "")[:500]  # type: ignore[attr-defined]
+    if not hasattr(exc, "code"):
+        # the server side's request iterator raises a bare RpcError when the caller goes away
+        return _Cancelled(f"{peer} broke off the exchange; nothing was released")
+    code = exc.code()
+    details = (exc.details() or "")[:500]
     err = VeilError(f"{peer} could not be reached ({details})" if code == grpc.StatusCode.UNAVAILABLE
                     else f"{peer} refused its part: {code.name}: {details}")
     err.status = code.name if code.name not in ("UNKNOWN", "OK") else "UNAVAILABLE"  # type: ignore[misc]

@@ -69,6 +69,20 @@ class Replayed:
         return self.logged == self.replayed
 
 
+def peer_receipt(trailing_metadata: Any) -> Any:
+    """A peer's receipt for its part of a run (a ``common_pb2.Receipt``), read from the
+    trailers of its answer, as the gate set them."""
+    from veil.v1 import common_pb2
+
+    from veil.node._rpc import TRAILER_CHECKPOINT, TRAILER_INDEX
+
+    meta = dict(trailing_metadata or ())
+    checkpoint = meta.get(TRAILER_CHECKPOINT, b"")
+    return common_pb2.Receipt(
+        log_index=int(meta.get(TRAILER_INDEX, 0)),
+        checkpoint=checkpoint.decode() if isinstance(checkpoint, bytes) else checkpoint)
+
+
 def _registry() -> Mapping[str, JobKind]:
     from veil.node.kinds.psi import INTERSECTION_SUM, PSI
     from veil.node.kinds.query import QUERY

@@ -76,7 +76,7 @@ from veil.v1 import common_pb2, peer_pb2_grpc, psi_pb2
 
 from veil import sandbox
 from veil.node import catalog, federation, snapshot
-from veil.node._rpc import TRAILER_CHECKPOINT, TRAILER_INDEX, Call, Outcome
+from veil.node._rpc import Call, Outcome
 from veil.node.catalog import DatasetVersion
 from veil.node.config import NodeConfig
 from veil.node.context import NodeContext
@@ -95,14 +95,15 @@ from veil.node.jobs import (
     Meters,
     PsiParams,
     check_not_expired,
+    leader,
     psi_params,
     spec_from_canonical,
+    values_packing,
 )
-from veil.node.kinds import Replayed
+from veil.node.kinds import Replayed, peer_receipt
 from veil.protocols import paillier
 from veil.protocols import psi as proto
 from veil.protocols.errors import ProtocolInputError
-from veil.protocols.packing import Packing
 
 #: points per message (32 bytes each: 128 KiB), or per message with values
 BATCH = 4096
@@ -117,14 +118,6 @@ MAX_SET = 50_000_000
 DEPTH = 8
 COMMIT_DOMAIN = b"veil-psi-commitment-v1\n"
 INPUT_DOMAIN = b"veil-psi-input-v1\n"
-
-
-def leader(spec: JobSpec) -> str:
-    """The node the analyst asks: the keys node of an intersection sum, else the first."""
-    p = psi_params(spec)
-    if p.values_node is not None:
-        return p.peer(p.values_node)
-    return spec.nodes[0].name
 
 
 class PsiKind:
@@ -331,12 +324,6 @@ def _numeric(duck_type: str) -> bool:
     return t.startswith(("DECIMAL", "NUMERIC")) or t in {
         "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
         "UINTEGER", "UBIGINT", "FLOAT", "DOUBLE", "REAL"}
-
-
-def _packing(p: PsiParams, addends: int) -> Packing:
-    assert p.bound is not None and p.paillier_n is not None
-    return Packing.for_key(PaillierPublicKey(p.paillier_n), lower=-p.bound, upper=p.bound,
-                           digits=p.scale, addends=max(1, addends))
 
 
 # --------------------------------------------------------------------------- the stream
@@ -717,9 +704,9 @@ class _Run:
         key = PaillierPublicKey(p.paillier_n)
         size = paillier.ciphertext_size(key)
         if p.values_node != self.me:
-            return None, size * _packing(p, self.n_peer).plaintexts_for(len(p.values))
+            return None, size * values_packing(p, self.n_peer).plaintexts_for(len(p.values))
         assert self.local is not None and self.local.values is not None
-        packing = _packing(p, self.local.size)
+        packing = values_packing(p, self.local.size)
         try:
             enc = paillier.Encryptor(key)
         except ProtocolInputError as exc:
@@ -927,7 +914,7 @@ class _LeaderRun(_Run):
             size = paillier.ciphertext_size(key)
             enc = paillier.Encryptor(key)
             width = len(got.their_values[0]) // size if got.their_values else \
-                _packing(self.p, self.n_peer).plaintexts_for(len(self.p.values))
+                values_packing(self.p, self.n_peer).plaintexts_for(len(self.p.values))
             try:
                 columns = [[paillier.ciphertext_from_bytes(
                     key, got.their_values[j][k * size:(k + 1) * size]) for j in hits]
@@ -956,11 +943,7 @@ class _LeaderRun(_Run):
         self.wire.drain()
 
     def _receipt(self) -> common_pb2.Receipt:
-        meta = dict(self.stream.trailing_metadata() or ())
-        checkpoint = meta.get(TRAILER_CHECKPOINT, b"")
-        return common_pb2.Receipt(
-            log_index=int(meta.get(TRAILER_INDEX, 0)),
-            checkpoint=checkpoint.decode() if isinstance(checkpoint, bytes) else checkpoint)
+        return peer_receipt(self.stream.trailing_metadata())  # type: ignore[no-any-return]
 
     def _wrong(self, exc: grpc.RpcError) -> VeilError:
         part = self.grant.spec.part(self.other)

@@ -66,7 +66,7 @@ from veil.v1 import common_pb2, peer_pb2_grpc, sum_pb2
 
 from veil import sandbox
 from veil.node import catalog, federation, queries
-from veil.node._rpc import TRAILER_CHECKPOINT, TRAILER_INDEX, Call, Outcome
+from veil.node._rpc import Call, Outcome
 from veil.node.catalog import DatasetVersion
 from veil.node.config import NodeConfig
 from veil.node.context import NodeContext
@@ -81,7 +81,7 @@ from veil.node.grants import Grant
 from veil.node.home import NodeHome
 from veil.node.jobs import JobSpec, Meters, SumParams, spec_from_canonical, sum_params
 from veil.node.jobs._sum import packings
-from veil.node.kinds import Replayed
+from veil.node.kinds import Replayed, peer_receipt
 from veil.protocols import masks, paillier, signing
 from veil.protocols.canonical import canonical_json
 from veil.protocols.errors import ProtocolInputError
@@ -487,13 +487,7 @@ def _peer_call(ctx: NodeContext, node: str, address: str | None, method: str,
             if wrong is not None:
                 raise wrong from None
             raise PeerFailed(node, address, exc) from None
-        meta = dict(rpc.trailing_metadata() or ())
-        checkpoint = meta.get(TRAILER_CHECKPOINT, b"")
-        receipt = common_pb2.Receipt(
-            log_index=int(meta.get(TRAILER_INDEX, 0)),
-            checkpoint=checkpoint.decode() if isinstance(checkpoint, bytes) else checkpoint,
-        )
-        return response, receipt
+        return response, peer_receipt(rpc.trailing_metadata())
     finally:
         ch.close()
 

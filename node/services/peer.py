@@ -16,9 +16,8 @@ from veil.v1 import peer_pb2, psi_pb2, sum_pb2
 from veil.node._rpc import Call, Outcome, Rpc
 from veil.node.context import NodeContext
 from veil.node.grants import Grant
-from veil.node.jobs import JobSpec
-from veil.node.jobs import PSI_KINDS
-from veil.node.kinds.psi import PSI, leader
+from veil.node.jobs import PSI_KINDS, JobSpec, leader
+from veil.node.kinds.psi import PSI
 from veil.node.kinds.sum import SUM
 from veil.node.services._roles import NODE
 

@@ -640,6 +640,7 @@ class _Run:
         self.local: _LocalSet | None = None
         self.n_peer = 0
         self.perm: list[int] = []
+        self.ahead: _AheadEncryption | None = None
 
     def load(self) -> _LocalSet:
         local = _load(self.ctx.home.snapshots, self.grant.dataset, self.p, self.me,
@@ -708,18 +709,11 @@ class _Run:
         assert self.local is not None and self.local.values is not None
         packing = values_packing(p, self.local.size)
         try:
-            enc = paillier.Encryptor(key)
+            ahead = _AheadEncryption(key, packing, self.local.values, lambda: self.perm)
         except ProtocolInputError as exc:
             raise InvalidInput(f"the job's Paillier key: {exc}") from None
-        values = self.local.values
-
-        def encrypt(start: int, stop: int) -> list[bytes]:
-            out, perm = [], self.perm  # set by own_points(), before the first batch
-            for i in range(start, stop):
-                cts = enc.encrypt_all(packing.pack(values[perm[i]]))
-                out.append(b"".join(paillier.ciphertext_to_bytes(key, c) for c in cts))
-            return out
-
+        self.ahead = ahead
+        encrypt = ahead.encrypt
         return encrypt, size * packing.plaintexts_for(len(p.values))
 
     def membership(self, returned: bytes, theirs: bytes) -> tuple[list[int], int]:
@@ -973,6 +967,8 @@ class _PeerRun(_Run):
             logging.getLogger("veil.psi").exception("PSI exchange failed")
             self.error = _internal(exc)
         finally:
+            if self.ahead is not None:
+                self.ahead.close()
             self.wire.end()
             self.finished.set()
 
@@ -1028,6 +1024,77 @@ class _PeerRun(_Run):
         self.details(result=commitment)
         return Outcome(response=response, meters=self.meters(wire), datasets=tuple(refs),
                        digest=commitment, effect=_both(keep_salt, *effects))
+
+
+class _AheadEncryption:
+    """The values node's encrypted values, computed ahead on all cores while its points are
+    blinded and sent: one thread packs the keys' values in the order they are sent and
+    encrypts them in chunks on a :class:`~veil.protocols.paillier.ParallelEncryptor` (its
+    workers build the key's tables once per run). ``encrypt(start, stop)`` waits for the
+    chunks it needs and frees each once it is sent; ``close`` stops the work and the workers."""
+
+    CHUNK = 1024
+
+    def __init__(self, key: PaillierPublicKey, packing: Any, values: list[list[Decimal]],
+                 order: Callable[[], list[int]]) -> None:
+        self.key, self.packing, self.values, self.order = key, packing, values, order
+        self.per_key = packing.plaintexts_for(len(values[0]) if values else 1)
+        self._pe = paillier.ParallelEncryptor(key)
+        self._done: dict[int, list[bytes]] = {}
+        self._cv = threading.Condition()
+        self._stop = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def _work(self) -> None:
+        try:
+            perm = self.order()
+            for first in range(0, len(perm), self.CHUNK):
+                if self._stop:
+                    return
+                plain: list[int] = []
+                for j in range(first, min(len(perm), first + self.CHUNK)):
+                    plain.extend(self.packing.pack(self.values[perm[j]]))
+                cts = [paillier.ciphertext_to_bytes(self.key, c)
+                       for c in self._pe.encrypt_many(plain)]
+                k = self.per_key
+                blobs = [b"".join(cts[i:i + k]) for i in range(0, len(cts), k)]
+                with self._cv:
+                    self._done[first // self.CHUNK] = blobs
+                    self._cv.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - raised in the sender's thread
+            with self._cv:
+                self._error = exc
+                self._cv.notify_all()
+        finally:
+            self._pe.close()
+
+    def encrypt(self, start: int, stop: int) -> list[bytes]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="psi-encrypt", daemon=True)
+            self._thread.start()
+        out = []
+        for i in range(start, stop):
+            chunk, offset = divmod(i, self.CHUNK)
+            with self._cv:
+                while chunk not in self._done:
+                    if self._error is not None:
+                        raise self._error
+                    if self._stop:
+                        raise _Closed()
+                    self._cv.wait(0.2)
+                blobs = self._done[chunk]
+                if offset == len(blobs) - 1:
+                    del self._done[chunk]
+            out.append(blobs[offset])
+        return out
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if self._thread is None:
+            self._pe.close()
 
 
 class _Cancelled(VeilError):

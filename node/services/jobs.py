@@ -10,7 +10,7 @@ from veil.node._convert import job_to_proto
 from veil.node._rpc import Call, Rpc
 from veil.node.context import NodeContext
 from veil.node.errors import PolicyDenied
-from veil.node.jobs import SignedJob
+from veil.node.jobs import PSI_KINDS, SignedJob
 from veil.node.services._roles import ANALYST, ANY_ROLE, APPROVERS, OPERATOR
 
 SERVICE = "veil.v1.JobService"
@@ -22,6 +22,8 @@ def rpcs(ctx: NodeContext) -> Mapping[str, Rpc]:
     def submit_job(req: jobs_pb2.SignedJob, call: Call) -> jobs_pb2.Job:
         view, _created = grants.submit(SignedJob(req.canonical, req.signature), call.identity)
         call.job_id = view.id
+        if view.spec.kind in PSI_KINDS:
+            ctx.warm_psi()  # start the blinding pool now, off the hot path of the first run
         return job_to_proto(view, config)
 
     def list_jobs(req: jobs_pb2.ListJobsRequest, call: Call) -> jobs_pb2.ListJobsResponse:

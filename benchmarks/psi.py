@@ -50,24 +50,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._federation import log_entries, submit_and_approve, tree_cpu_seconds
+from benchmarks._federation import Node, log_entries, submit_and_approve, tree_cpu_seconds
 from benchmarks._table import header, table, timed, verdict
 from benchmarks.psi_protocol import openmined, raw_rate
 
 #: the leader (first node) and the other node
 PSI_NODES = ("bank", "telco")
-
-
-@dataclass
-class PsiNode:
-    name: str
-    home: Any  # veil.node.home.NodeHome
-    proc: subprocess.Popen[str]
-    address: str
 
 
 def key_sets(n: int) -> tuple[list[str], list[str]]:
@@ -86,7 +77,7 @@ def write_keys(path: Path, name: str, keys: list[str]) -> None:
 
 @contextmanager
 def two_nodes(root: Path, write_csv: Callable[[str, Path], None], *, levels: dict[str, str],
-              key_column: str = "id") -> Iterator[dict[str, PsiNode]]:
+              key_column: str = "id") -> Iterator[dict[str, Node]]:
     """Start ``bank`` and ``telco`` (dataset ``customers`` from ``write_csv(name, path)``),
     each ``veil node serve`` in its own process; stop them after."""
     from veil.node import catalog, pki
@@ -97,7 +88,7 @@ def two_nodes(root: Path, write_csv: Callable[[str, Path], None], *, levels: dic
     for role, name in (("analyst", "alice"), ("operator", "olga"),
                        ("subject-representative", "sam")):
         pki.issue(fed, role, name, root / name)
-    nodes: dict[str, PsiNode] = {}
+    nodes: dict[str, Node] = {}
     try:
         for name in PSI_NODES:
             home = init_node(root / name, name, federation_dir=fed)
@@ -122,7 +113,7 @@ def two_nodes(root: Path, write_csv: Callable[[str, Path], None], *, levels: dic
             if m is None:
                 proc.kill()
                 raise RuntimeError(f"node {name} did not start: {line}{proc.stdout.read()}")
-            nodes[name] = PsiNode(name, home, proc, m.group(1))
+            nodes[name] = Node(name, home, proc, m.group(1), csv)
         yield nodes
     finally:
         for n in nodes.values():
@@ -134,7 +125,7 @@ def two_nodes(root: Path, write_csv: Callable[[str, Path], None], *, levels: dic
                 n.proc.kill()
 
 
-def psi_job(nodes: dict[str, PsiNode], *, kind: str = "psi",
+def psi_job(nodes: dict[str, Node], *, kind: str = "psi",
             columns: dict[str, list[str]] | None = None, params: str = "") -> str:
     columns = columns or {n: ["key"] for n in nodes}
     parts = "".join(
@@ -188,7 +179,7 @@ def hwm_mib(pid: int) -> tuple[float, float, int]:
 class RssSampler:
     """The peak of the summed resident sets of each node's process tree, every 0.2 s."""
 
-    def __init__(self, nodes: dict[str, PsiNode]) -> None:
+    def __init__(self, nodes: dict[str, Node]) -> None:
         self.nodes = nodes
         self.peak = {n: 0.0 for n in nodes}
         self._stop = threading.Event()
@@ -213,7 +204,7 @@ class RssSampler:
 
 
 @contextmanager
-def profiled(nodes: dict[str, PsiNode], out: Path | None) -> Iterator[dict[str, Path]]:
+def profiled(nodes: dict[str, Node], out: Path | None) -> Iterator[dict[str, Path]]:
     """py-spy record on each node (and its subprocesses) while the block runs."""
     if out is None:
         yield {}

@@ -79,7 +79,8 @@ def write_keys(path: Path, name: str, keys: list[str]) -> None:
 def two_nodes(root: Path, write_csv: Callable[[str, Path], None], *, levels: dict[str, str],
               key_column: str = "id") -> Iterator[dict[str, Node]]:
     """Start ``bank`` and ``telco`` (dataset ``customers`` from ``write_csv(name, path)``),
-    each ``veil node serve`` in its own process; stop them after."""
+    each ``veil node serve`` in its own process; stop them after. ``levels`` may name
+    columns only one node's file has."""
     from veil.node import catalog, pki
     from veil.node.home import init_node
 
@@ -94,11 +95,13 @@ def two_nodes(root: Path, write_csv: Callable[[str, Path], None], *, levels: dic
             home = init_node(root / name, name, federation_dir=fed)
             csv = root / f"{name}.csv"
             write_csv(name, csv)
+            with csv.open() as f:
+                present = f.readline().strip().split(",")
             conn, log = home.connect(), home.open_log()
             try:
                 catalog.register(conn, log, home.identity, home.snapshots, node=name,
                                  name="customers", source=csv, key_column=key_column,
-                                 levels=levels)
+                                 levels={c: v for c, v in levels.items() if c in present})
             finally:
                 log.close()
                 conn.close()
@@ -198,6 +201,72 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:8]) - idle) / tick, sum(fields[:8]) / tick
+
+
+class Timeline:
+    """Each node's CPU (with its children) and the whole machine's, sampled every second:
+    shows the phases of a run in which cores sit idle or other work takes them."""
+
+    def __init__(self, nodes: dict[str, Node]) -> None:
+        self.nodes = nodes
+        self.samples: list[tuple[float, dict[str, float], tuple[float, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        cpu = {}
+        for name, node in self.nodes.items():
+            try:
+                cpu[name] = tree_cpu_seconds(node.proc.pid)
+            except OSError:
+                cpu[name] = 0.0
+        self.samples.append((time.perf_counter(), cpu, machine_busy()))
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self._sample()
+
+    def __enter__(self) -> Timeline:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def print(self, buckets: int = 10) -> None:
+        """The run in ``buckets`` equal slices: cores used by each node, by everything else."""
+        s = self.samples
+        if len(s) < 3:
+            return
+        cores = len(os.sched_getaffinity(0))
+        t0, t1 = s[0][0], s[-1][0]
+        cuts = sorted({round(i * (len(s) - 1) / buckets) for i in range(buckets + 1)})
+        rows = []
+        for i, j in zip(cuts, cuts[1:]):
+            a, z = s[i], s[j]
+            dt = z[0] - a[0]
+            used = {n: (z[1][n] - a[1][n]) / dt for n in self.nodes}
+            ticks = z[2][1] - a[2][1]
+            busy = (z[2][0] - a[2][0]) / ticks * cores if ticks > 0 else 0.0
+            rows.append([f"{a[0] - t0:.0f}-{z[0] - t0:.0f} s", *used.values(),
+                         max(0.0, busy - sum(used.values())), max(0.0, cores - busy)])
+        table(["slice of the run", *[f"{n} cores" for n in self.nodes], "other processes",
+               "idle cores"], rows)
+        busy = (s[-1][2][0] - s[0][2][0]) / (s[-1][2][1] - s[0][2][1]) * cores
+        nodes = sum(s[-1][1][n] - s[0][1][n] for n in self.nodes) / (t1 - t0)
+        print(f"whole run: the nodes used {nodes:.2f} of {cores} cores, other processes "
+              f"{max(0.0, busy - nodes):.2f}, idle {max(0.0, cores - busy):.2f}\n")
 
 
 # --------------------------------------------------------------------------- profiling
@@ -323,7 +392,7 @@ def main(argv: list[str]) -> int:
                 out, cold = timed(lambda: alice.run_psi(job_id))
                 runs.append(("cold", out, cold))
                 cpu0 = {k: tree_cpu_seconds(v.proc.pid) for k, v in nodes.items()}
-                with profiled(nodes, args.profile) as prof:
+                with profiled(nodes, args.profile) as prof, Timeline(nodes) as line:
                     out, wall = timed(lambda: alice.run_psi(job_id))
                 runs.append(("warm", out, wall))
                 cpu = {k: tree_cpu_seconds(v.proc.pid) - cpu0[k] for k, v in nodes.items()}
@@ -364,6 +433,8 @@ def main(argv: list[str]) -> int:
         rows.append([f"openmined-psi (P-256), 1 process{om_note}", om_s, mults / om_s,
                      om_s / wall])
     table(["what", "wall s", "scalar mults / s (4N / wall)", "openmined / veil (x)"], rows)
+    print("the warm run, second by second (cores in use; 1.0 = one core busy):")
+    line.print()
     print("CPU: the warm run; memory: peaks over both runs")
     table(["node", "CPU s (+children)", "own peak MiB", "sum of peaks MiB (procs)",
            "sampled peak MiB"],

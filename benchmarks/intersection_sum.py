@@ -25,8 +25,9 @@ timed here the same way on ten times as many keys. The phe protocol's time is th
 encryption with the blinding, the subtraction takes out more than the encryption cost the
 wall time, so the estimate favours phe.
 
-Measured here (2026-12-04, 100,000 x 100,000, 2 cores shared with other work): warm run
-129 s, the phe protocol 2,524 s (scaled): 19.6x; encryption alone 26x. Where the time goes:
+Measured here (2026-12-04, 100,000 x 100,000, 2 cores): warm run 129 s with other work
+holding 0.92 cores, the phe protocol 2,524 s (scaled): 19.6x; on a quiet machine 102 s vs
+2,348 s, 22.9x, with 0.84 of the 2 cores idle through the run; encryption alone 26x. Where the time goes:
 the values node (telco) encrypts one key at a time in its sending thread
 (node/kinds/psi.py ``_exchange.send_own`` -> ``_Run.encryptor.encrypt`` ->
 ``Encryptor.encrypt_all`` -> ``fresh_obfuscator`` -> ``_FixedBase.pow``: 67% of telco's

@@ -25,16 +25,13 @@ timed here the same way on ten times as many keys. The phe protocol's time is th
 encryption with the blinding, the subtraction takes out more than the encryption cost the
 wall time, so the estimate favours phe.
 
-Measured here (2026-12-04, 100,000 x 100,000, 2 cores): warm run 129 s with other work
-holding 0.92 cores, the phe protocol 2,524 s (scaled): 19.6x; on a quiet machine 102 s vs
-2,348 s, 22.9x, with 0.84 of the 2 cores idle through the run; encryption alone 26x. Where the time goes:
-the values node (telco) encrypts one key at a time in its sending thread
-(node/kinds/psi.py ``_exchange.send_own`` -> ``_Run.encryptor.encrypt`` ->
-``Encryptor.encrypt_all`` -> ``fresh_obfuscator`` -> ``_FixedBase.pow``: 67% of telco's
-busy samples, ~0.93 ms per key, 93 of the 129 s), on one core, while its blind pool and
-the leader idle (the leader used 0.05 cores). Encrypting on the pool's workers (or
-precomputing obfuscators there, ``paillier.RandomnessPool``) would take that to about half
-on 2 cores; the blinding itself is 4 x 100,000 / 48,000 = 8 s.
+Measured here (2026-12-04, 100,000 x 100,000, 2 cores). Before the values node encrypted
+ahead on all cores: warm run 129 s / 102 s, 19.6x / 22.9x the phe protocol; 67% of the
+values node's samples were one-key-at-a-time encryption in its sending thread
+(``_FixedBase.pow``, ~0.93 ms per key) while the leader idled. After (``_AheadEncryption``,
+a ParallelEncryptor fed in sending order): warm run 59 s / 62 s, 38.9x / 36.8x; the
+machine's 2 cores are busy throughout (the encryption workers show as "other processes" in
+the timeline: they are spawned, not forked, children of the values node).
 """
 
 from __future__ import annotations
@@ -115,8 +112,7 @@ def _veil_steps(node: Any, job_id: str, values: list[tuple[Decimal, int]],
     (node/kinds/psi.py ``_Run.encryptor`` and ``_LeaderRun._match``), here in one process."""
     from phe.paillier import PaillierPublicKey
 
-    from veil.node.jobs import psi_params, spec_from_canonical
-    from veil.node.kinds.psi import _packing
+    from veil.node.jobs import psi_params, spec_from_canonical, values_packing
     from veil.protocols import paillier
 
     conn = node.home.connect()
@@ -128,7 +124,7 @@ def _veil_steps(node: Any, job_id: str, values: list[tuple[Decimal, int]],
     p = psi_params(spec_from_canonical(canonical))
     assert p.paillier_n is not None
     key = PaillierPublicKey(p.paillier_n)
-    packing = _packing(p, addends)
+    packing = values_packing(p, addends)
     start = time.perf_counter()
     enc = paillier.Encryptor(key)
     table_s = time.perf_counter() - start

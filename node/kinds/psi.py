@@ -590,10 +590,13 @@ def _exchange(wire: _Wire, pool: proto.BlindPool, scalar: bytes, mine: bytes, n_
             size = BATCH * proto.POINT_BYTES
             for i in range(0, len(shuffled), size):
                 wire.send(psi_pb2.PsiMessage(theirs=psi_pb2.PsiPoints(points=shuffled[i:i + size])))
+    except BaseException:
+        wire.close()  # stops the sender too
+        raise
     finally:
         for future, _ in pending:
             future.cancel()
-        if errors or sys_exc():
+        if errors:
             wire.close()
         sender.join()
     if errors:
@@ -601,12 +604,6 @@ def _exchange(wire: _Wire, pool: proto.BlindPool, scalar: bytes, mine: bytes, n_
     if len(back) % proto.POINT_BYTES:
         raise InvalidInput(f"{wire.peer} sent back a partial point")
     return _Exchanged(bytes(back), b"".join(kept), their_values)
-
-
-def sys_exc() -> bool:
-    import sys
-
-    return sys.exc_info()[0] is not None
 
 
 # --------------------------------------------------------------------------- both sides

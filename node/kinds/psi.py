@@ -76,7 +76,7 @@ from veil.v1 import common_pb2, peer_pb2_grpc, psi_pb2
 
 from veil import sandbox
 from veil.node import catalog, federation, snapshot
-from veil.node._rpc import Call, Outcome
+from veil.node._rpc import Call, Cancelled, Outcome
 from veil.node.catalog import DatasetVersion
 from veil.node.config import NodeConfig
 from veil.node.context import NodeContext
@@ -791,7 +791,7 @@ class _LeaderRun(_Run):
         try:
             self.outcome = self._run()
         except _Closed:
-            self.error = _Cancelled("the run was cancelled; nothing was released")
+            self.error = Cancelled("the run was cancelled; nothing was released")
         except VeilError as exc:
             self.error = exc
         except Exception as exc:  # noqa: BLE001 - the gate logs it as internal
@@ -955,7 +955,7 @@ class _PeerRun(_Run):
         try:
             self.outcome = self._run()
         except _Closed:
-            self.error = _Cancelled("the leader closed the exchange; nothing was released")
+            self.error = Cancelled("the leader closed the exchange; nothing was released")
         except VeilError as exc:
             self.error = exc
         except Exception as exc:  # noqa: BLE001
@@ -1094,10 +1094,6 @@ class _AheadEncryption:
             self._pe.close()
 
 
-class _Cancelled(VeilError):
-    status = "CANCELLED"
-
-
 def _internal(exc: Exception) -> VeilError:
     err = VeilError("internal error in the node's PSI run; nothing was released. The "
                     "operator can find the traceback in the node's output")
@@ -1108,7 +1104,7 @@ def _internal(exc: Exception) -> VeilError:
 def _peer_error(peer: str, exc: grpc.RpcError) -> VeilError:
     if not hasattr(exc, "code"):
         # the server side's request iterator raises a bare RpcError when the caller goes away
-        return _Cancelled(f"{peer} broke off the exchange; nothing was released")
+        return Cancelled(f"{peer} broke off the exchange; nothing was released")
     code = exc.code()
     details = (exc.details() or "")[:500]
     err = VeilError(f"{peer} could not be reached ({details})" if code == grpc.StatusCode.UNAVAILABLE

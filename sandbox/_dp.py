@@ -357,13 +357,6 @@ def _grid(
     table: Table, keys: list[str], spec: DpSpec, limits: Limits
 ) -> tuple[tuple[Any, ...], ...]:
     declared = {fold(c): (c, v) for c, v in spec.categories.items()}
-    for name, _ in declared.values():
-        if fold(name) not in {fold(k) for k in keys}:
-            raise QueryRejected(
-                f"dp.categories for {name}",
-                "is declared but the query does not GROUP BY that column: remove it "
-                "(or check its spelling)",
-            )
     axes: list[tuple[str | int, ...]] = []
     size = 1
     for key in keys:
@@ -404,6 +397,13 @@ def _grid(
                 "limit: declare fewer categories or group by fewer columns",
             )
         axes.append(values)
+    for name, _ in declared.values():
+        if fold(name) not in {fold(k) for k in keys}:
+            raise QueryRejected(
+                f"dp.categories for {name}",
+                "is declared but the query does not GROUP BY that column: remove it "
+                "(or check its spelling)",
+            )
     return tuple(itertools.product(*axes))
 
 

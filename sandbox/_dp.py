@@ -52,8 +52,12 @@ False), and the query then costs about what the plain aggregate costs.
 
 Beyond the exact values, an analyst learns what the normal path lets out besides the result:
 the time a query took (it depends on whether the snapshot needed capping, which is one bit
-about the largest subject, and on the data's size) and, for an expression in WHERE that fails
-on some row, that such a row exists. The node's noise covers neither.
+about the largest subject, and on the data's size); for an expression in WHERE that fails
+on some row, that such a row exists; and, when a SUM is refused because its bound times the
+snapshot's row count could pass ``MAX_TOTAL``, that the dataset has more than
+``MAX_TOTAL / B`` rows (a fact of the snapshot, the same for every query that asks). The
+node's noise covers none of these. Rows whose GROUP BY value is NULL are in no declared cell,
+like rows with undeclared values.
 """
 
 from __future__ import annotations

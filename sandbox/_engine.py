@@ -10,7 +10,8 @@ autoloading and autoinstalling are switched off, spilling to disk is disabled
 (``temp_directory=''``), memory and threads are capped, and ``lock_configuration`` makes all of
 it final. Even if validation had a hole, the connection cannot read another file, write one,
 load an extension or change a setting. A watchdog thread calls ``interrupt()`` at the
-deadline (and keeps calling until the run ends, so no statement escapes it).
+deadline (and keeps calling until the run ends, so no statement escapes it). ``session_for`` is all of
+this in one place; the differentially private path (``sandbox/_dp.py``) runs in it too.
 
 Two passes. The *group pass* reads the dataset once, into a temporary table with one row per
 group: the GROUP BY keys, each aggregate call of the query (plain column arguments only, see

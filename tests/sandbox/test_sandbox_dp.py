@@ -473,3 +473,28 @@ def test_workers_run_dp_equals_run_dp(table: Table) -> None:
             pool.run_dp(sql + " HAVING count(*) > 1", table, POLICY, LIMITS, dp)
         # the same worker still answers a normal query
         assert pool.run("SELECT count(*) AS n FROM visits", [table], POLICY, LIMITS).columns
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT region, count(*) FROM visits GROUP BY region",
+    "SELECT v.region, count(*) FROM visits AS v GROUP BY v.region",
+    "SELECT region, count(*) FROM visits GROUP BY 1",
+    "SELECT region, count(*) FROM visits GROUP BY ALL",
+    "SELECT region AS r, count(*) FROM visits GROUP BY r",
+])
+def test_spellings_of_the_same_grouping_give_the_same_values(table: Table, sql: str) -> None:
+    got = exact(table, sql, spec(k=2))
+    assert got.values == exact(table, "SELECT region, count(*) FROM visits GROUP BY region",
+                               spec(k=2)).values
+    assert got.values[0][-1] == 0 and sum(got.values[0]) > 0
+
+
+def test_where_on_an_aliased_table_holds_on_both_paths(table: Table) -> None:
+    sql = ("SELECT v.region, mean(v.salary) FROM visits v WHERE v.age_band = 2 "
+           "GROUP BY v.region")
+    query = validate_dp(sql, table, POLICY, LIMITS, spec(k=5, bounds={"salary": (0, 9000)}))
+    fast, forced = run_dp(query, LIMITS), _dp._run_dp(query, LIMITS, force_cap=True)
+    assert fast.values == forced.values and not fast.capped
+    north = [r for r in ROWS if r["region"] == "north" and r["age_band"] == 2]
+    assert fast.values[1][0] == sum(r["salary"] is not None for r in north)
+    assert [o.kind for o in query.outputs] == ["key", "avg"]

@@ -66,7 +66,7 @@ import dataclasses
 import itertools
 import time
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -412,7 +412,11 @@ def _grid(
 
 
 def _item(
-    analyzer: CoreAnalyzer, item: Node, keys: list[str], spec: DpSpec, measure: Any
+    analyzer: CoreAnalyzer,
+    item: Node,
+    keys: list[str],
+    spec: DpSpec,
+    measure: Callable[[str, str | None], int],
 ) -> tuple[str, tuple[int, ...], str]:
     """What one select item is: (DpOutput kind, refs, output type)."""
     cls = item.get("class")

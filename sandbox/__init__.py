@@ -59,6 +59,31 @@ quotas bound how many can run). Within one query, the rules close the known rout
 clauses, expressions inside aggregates, ROLLUP/GROUPING SETS, set operations, joins, subqueries
 in expressions.
 
+Under differential privacy
+--------------------------
+A job with a DP policy goes through :func:`validate_dp` and :func:`run_dp` (or
+``Workers.run_dp``) instead, and nothing they compute is released as such: they return the
+EXACT aggregates (:class:`DpExact`) of a query of a narrower shape, ``SELECT <keys>,
+COUNT(*)/COUNT(col)/SUM(col)/AVG(col) FROM t [WHERE ...] [GROUP BY <keys>]``, with
+
+- the released groups fixed in advance: the product of the declared categories of each
+  GROUP BY column (``DpSpec.categories``), every cell present, cells without rows 0, rows
+  with undeclared key values excluded, so the data cannot decide which groups appear;
+- each subject's contribution bounded: at most ``DpSpec.max_rows_per_subject = k`` rows of
+  each subject are counted, and each summed value is clamped into its declared bounds and
+  fixed to an integer, so one subject moves each exact vector by at most
+  ``Measurement.sensitivity`` (L1 and L2);
+- no HAVING, ORDER BY, LIMIT, DISTINCT, MIN/MAX/MEDIAN, post-processing or expression over
+  aggregates, each of which would make the released values depend on the data in a way the
+  sensitivity does not bound.
+
+The node adds noise calibrated to those sensitivities (OpenDP, outside the sandbox) and
+:func:`dp_result` turns the noisy values into a :class:`QueryResult`, which is then what the
+analyst sees: the noisy values over the declared grid, nothing else from the data. The group
+size rule does not apply under DP: deciding suppression on exact counts would itself release
+them without noise; the noise protects the small cells. The time a query took and the kind
+of a failure leave as in the normal path. Details and arguments in ``sandbox/_dp.py``.
+
 The exact rules are in ``sandbox/_rules.py``; isolation, group-size enforcement and metering
 in ``sandbox/_engine.py``; worker processes that make the limits hold against a hostile
 query in ``sandbox/_workers.py``; the result's canonical serialization and digest in
@@ -67,6 +92,16 @@ query in ``sandbox/_workers.py``; the result's canonical serialization and diges
 
 from __future__ import annotations
 
+from veil.sandbox._dp import (
+    DpExact,
+    DpOutput,
+    DpQuery,
+    DpSpec,
+    Measurement,
+    dp_result,
+    run_dp,
+    validate_dp,
+)
 from veil.sandbox._engine import run
 from veil.sandbox._errors import QueryLimitExceeded, QueryRejected, SandboxError
 from veil.sandbox._model import (
@@ -86,7 +121,12 @@ __all__ = [
     "LEVELS",
     "MASK_KINDS",
     "Column",
+    "DpExact",
+    "DpOutput",
+    "DpQuery",
+    "DpSpec",
     "Limits",
+    "Measurement",
     "Meters",
     "Policy",
     "QueryLimitExceeded",
@@ -96,7 +136,10 @@ __all__ = [
     "Table",
     "ValidatedQuery",
     "Workers",
+    "dp_result",
     "normalize",
     "run",
+    "run_dp",
     "validate",
+    "validate_dp",
 ]

@@ -10,7 +10,8 @@ autoloading and autoinstalling are switched off, spilling to disk is disabled
 (``temp_directory=''``), memory and threads are capped, and ``lock_configuration`` makes all of
 it final. Even if validation had a hole, the connection cannot read another file, write one,
 load an extension or change a setting. A watchdog thread calls ``interrupt()`` at the
-deadline (and keeps calling until the run ends, so no statement escapes it).
+deadline (and keeps calling until the run ends, so no statement escapes it). ``session_for`` is all of
+this in one place; the differentially private path (``sandbox/_dp.py``) runs in it too.
 
 Two passes. The *group pass* reads the dataset once, into a temporary table with one row per
 group: the GROUP BY keys, each aggregate call of the query (plain column arguments only, see
@@ -46,11 +47,13 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import json
 import os
 import threading
 import time
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -117,25 +120,9 @@ def run(query: ValidatedQuery, limits: Limits) -> QueryResult:
         raise TypeError(f"limits must be a Limits, got {type(limits).__name__}")
     start = time.perf_counter()
     core = query._core
-    snapshot = _identity(core.table.path)
-    key = (snapshot, core.table.name, core.table.columns, core.visible, limits.threads,
-           limits.memory_limit_mb)
-    con = _pool.take(key) or open_connection(core, limits, snapshot)
-    reusable = False
-    try:
-        with _Session(con, limits) as session:
-            stats = _subject_stats(session, core, query.min_group_size, snapshot)
-            columns, column_types, rows, suppressed = _execute(session, query, stats, limits)
-            session.execute("DROP TABLE IF EXISTS __veil_g; DROP TABLE IF EXISTS __veil_p",
-                            metered=False)
-        # after __exit__ the watchdog can no longer touch this session: an interrupt that
-        # landed after the last statement would otherwise stay with a pooled connection
-        reusable = not session.expired
-    finally:
-        if reusable:
-            _pool.give(key, con)
-        else:  # a timeout, an error: never reuse a connection in an unknown state
-            con.close()
+    with session_for(core, limits) as (session, snapshot):
+        stats = _subject_stats(session, core, query.min_group_size, snapshot)
+        columns, column_types, rows, suppressed = _execute(session, query, stats, limits)
     cpu_start = time.thread_time()
     columns = _result.unique_names(columns)
     serialized = _result.serialize(columns, column_types, rows, suppressed)
@@ -166,6 +153,31 @@ def run(query: ValidatedQuery, limits: Limits) -> QueryResult:
 
 
 # --------------------------------------------------------------------------- isolation
+
+
+@contextlib.contextmanager
+def session_for(core: Core, limits: Limits) -> Iterator[tuple[_Session, tuple[Any, ...]]]:
+    """A watched session on a locked-down connection for ``core``'s dataset (pooled or
+    fresh), and the snapshot's identity. The engine's temporary tables are dropped before the
+    connection goes back to the pool; after a timeout or an error it is closed instead."""
+    snapshot = _identity(core.table.path)
+    key = (snapshot, core.table.name, core.table.columns, core.visible, limits.threads,
+           limits.memory_limit_mb)
+    con = _pool.take(key) or open_connection(core, limits, snapshot)
+    reusable = False
+    try:
+        with _Session(con, limits) as session:
+            yield session, snapshot
+            session.execute("DROP TABLE IF EXISTS __veil_g; DROP TABLE IF EXISTS __veil_p",
+                            metered=False)
+        # after __exit__ the watchdog can no longer touch this session: an interrupt that
+        # landed after the last statement would otherwise stay with a pooled connection
+        reusable = not session.expired
+    finally:
+        if reusable:
+            _pool.give(key, con)
+        else:  # a timeout, an error: never reuse a connection in an unknown state
+            con.close()
 
 
 class _Pool:

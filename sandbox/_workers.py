@@ -29,12 +29,16 @@ What crosses the boundary. The node sends the SQL, the tables, the policy and th
 worker validates and runs the query and sends back the result (its arrays, meters and digest)
 or the error (its class and fields, never a traceback). The node decodes the answer with an
 unpickler that admits only numpy arrays, exact scalar types (Decimal, date/time, UUID) and
-builtin containers, so a worker, whatever ran inside it, cannot make the node run code.
+builtin containers, so a worker, whatever ran inside it, cannot make the node run code. A
+differentially private query (``run_dp``, the task ``"dp"``) comes back as its exact integer
+vectors, meters and capping flag in builtin ints, tuples and a dict, so the unpickler admits
+nothing new for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import pickle
 import resource
@@ -49,6 +53,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from veil.sandbox._dp import DpExact, DpSpec
 from veil.sandbox._errors import QueryLimitExceeded, QueryRejected, SandboxError
 from veil.sandbox._model import Limits, Meters, Policy, QueryResult, Table
 
@@ -76,14 +81,32 @@ class Workers:
         """Validate and run ``sql`` in a worker: what ``run(validate(...))`` returns, with
         the limits held by the operating system. Raises what validate() and run() raise, and
         QueryLimitExceeded("busy") when no worker was free within the query's time limit."""
-        if not isinstance(limits, Limits):
-            raise TypeError(f"limits must be a Limits, got {type(limits).__name__}")
         tables = tuple(tables)
         paths = frozenset(t.path for t in tables)
+        return _answer(self._ask("run", (sql, tables, policy), paths, limits))
+
+    def run_dp(
+        self, sql: str, table: Table, policy: Policy, limits: Limits, spec: DpSpec
+    ) -> DpExact:
+        """Validate and run ``sql`` on the differentially private path in a worker: what
+        ``run_dp(validate_dp(...))`` returns (the exact values: they stay in the node), with
+        the same limits held by the operating system as :meth:`run`."""
+        if not isinstance(table, Table):
+            raise TypeError(f"table must be a Table, got {type(table).__name__}")
+        return _dp_answer(self._ask("dp", (sql, table, policy, spec), frozenset({table.path}),
+                                    limits))
+
+    def _ask(
+        self, kind: str, args: tuple[Any, ...], paths: frozenset[str], limits: Limits
+    ) -> Any:
+        """Send one task to a worker; return its result, or raise its error."""
+        if not isinstance(limits, Limits):
+            raise TypeError(f"limits must be a Limits, got {type(limits).__name__}")
         worker = self._take(paths, limits)
-        answer, reusable = _DIED, False
+        answer: tuple[Any, ...] = _DIED
+        reusable = False
         try:
-            task = (sql, tables, policy, limits, self.headroom_mb)
+            task = (kind, args, limits, self.headroom_mb)
             answer, reusable = worker.ask(task, limits.timeout_s + GRACE_S)
         finally:
             self._give(worker, paths, reusable)
@@ -97,7 +120,14 @@ class Workers:
                 f"the query's worker process ended ({worker.how_it_ended()}); queries may use "
                 f"{limits.memory_limit_mb:,} MB",
             )
-        return _answer(answer)
+        if answer[0] == "ok":
+            return answer[1]
+        error, fields = answer[1], answer[2]
+        if error == "rejected":
+            raise QueryRejected(*fields)
+        if error == "limit":
+            raise QueryLimitExceeded(*fields)
+        raise SandboxError(*fields)
 
     def close(self) -> None:
         """Stop every worker: idle ones at once, busy ones when their query returns."""
@@ -232,27 +262,30 @@ class _Worker:
             self.proc.wait(timeout=5)
 
 
-def _answer(answer: tuple[Any, ...]) -> QueryResult:
-    kind = answer[0]
-    if kind == "ok":
-        columns, types_, arrays, suppressed, meters, digest, tables_used = answer[1]
-        for array in arrays.values():
-            array.flags.writeable = False  # the digest vouches for these values
-        return QueryResult(
-            columns=tuple(columns),
-            types=tuple(types_),
-            arrays=types.MappingProxyType(dict(arrays)),
-            suppressed_groups=int(suppressed),
-            meters=Meters(**meters),
-            digest=str(digest),
-            tables_used=tuple(tables_used),
-        )
-    error, fields = answer[1], answer[2]
-    if error == "rejected":
-        raise QueryRejected(*fields)
-    if error == "limit":
-        raise QueryLimitExceeded(*fields)
-    raise SandboxError(*fields)
+def _answer(payload: Any) -> QueryResult:
+    columns, types_, arrays, suppressed, meters, digest, tables_used = payload
+    for array in arrays.values():
+        array.flags.writeable = False  # the digest vouches for these values
+    return QueryResult(
+        columns=tuple(columns),
+        types=tuple(types_),
+        arrays=types.MappingProxyType(dict(arrays)),
+        suppressed_groups=int(suppressed),
+        meters=Meters(**meters),
+        digest=str(digest),
+        tables_used=tuple(tables_used),
+    )
+
+
+def _dp_answer(payload: Any) -> DpExact:
+    try:
+        values, meters, capped = payload
+        values = tuple(tuple(vector) for vector in values)
+        if not all(type(v) is int for vector in values for v in vector):
+            raise TypeError("exact values must be ints")
+        return DpExact(values=values, meters=Meters(**meters), capped=capped is True)
+    except (TypeError, ValueError):
+        raise SandboxError("a sandbox worker sent exact values of the wrong shape") from None
 
 
 _ALLOWED = {
@@ -312,6 +345,7 @@ def _serve(fd: int) -> None:
     """The worker's loop: one task at a time, until the node closes the socket or dies."""
     import duckdb
 
+    from veil.sandbox._dp import run_dp, validate_dp
     from veil.sandbox._engine import _watchdog, run
     from veil.sandbox._query import validate
 
@@ -329,18 +363,22 @@ def _serve(fd: int) -> None:
             task = pickle.loads(conn.recv_bytes())  # from the node that started us
         except (EOFError, OSError):
             return  # the node is gone or closed us
-        sql, tables, policy, limits, headroom_mb = task
+        kind, args, limits, headroom_mb = task
         resource.setrlimit(resource.RLIMIT_DATA, (_data_limit(limits, headroom_mb, baseline), hard))
         retire = False
         try:
-            result = run(validate(sql, tables, policy, limits), limits)
-            m = result.meters
-            answer: tuple[Any, ...] = ("ok", (
-                result.columns, result.types, dict(result.arrays), result.suppressed_groups,
-                {"rows_scanned": m.rows_scanned, "result_rows": m.result_rows,
-                 "cpu_ms": m.cpu_ms, "wall_ms": m.wall_ms, "bytes_out": m.bytes_out},
-                result.digest, result.tables_used,
-            ))
+            answer: tuple[Any, ...]
+            if kind == "dp":
+                sql, table, policy, spec = args
+                exact = run_dp(validate_dp(sql, table, policy, limits, spec), limits)
+                answer = ("ok", (exact.values, dataclasses.asdict(exact.meters), exact.capped))
+            else:
+                sql, tables, policy = args
+                result = run(validate(sql, tables, policy, limits), limits)
+                answer = ("ok", (
+                    result.columns, result.types, dict(result.arrays), result.suppressed_groups,
+                    dataclasses.asdict(result.meters), result.digest, result.tables_used,
+                ))
         except QueryRejected as exc:
             answer = ("err", "rejected", (exc.construct, exc.reason))
         except QueryLimitExceeded as exc:

@@ -27,6 +27,8 @@ from veil.node.jobs import (
     METER_NAMES,
     QUOTA_METERS,
     ApprovalRule,
+    BudgetRule,
+    DpPolicy,
     NodePolicy,
     Quota,
     Tariff,
@@ -238,6 +240,7 @@ _POLICY_KEYS = (
     "masked_columns",
     "max_quota",
     "approval",
+    "dp",
 )
 _RULE_KEYS = ("roles", "min_level", "kinds", "datasets")
 
@@ -278,6 +281,76 @@ def _policy(r: _Reader, doc: Mapping[str, Any]) -> NodePolicy:
         masked_columns=dict(masked),
         max_quota=_max_quota(r, p),
         approval=_rules(r, p),
+        dp=_dp_policy(r, p),
+    )
+
+
+_DP_KEYS = ("require_datasets", "require_min_level", "budget")
+_BUDGET_KEYS = ("datasets", "analysts", "epsilon", "delta", "rho", "max_per_run", "renew")
+
+
+def _dp_policy(r: _Reader, p: Mapping[str, Any]) -> DpPolicy:
+    """``[policy.dp]`` and its ``[[policy.dp.budget]]`` rules."""
+    t = r.table(p, "policy.dp", _DP_KEYS)
+    require = r.strings(t, "policy.dp.require_datasets", _GLOB, "dataset names or globs")
+    level = t.get("require_min_level")
+    if level is not None and level not in LEVELS[:-1]:
+        raise r.error("policy.dp.require_min_level",
+                      f"expected one of {', '.join(LEVELS[:-1])}, got {_describe(level)}")
+    entries = t.get("budget", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise r.error("policy.dp.budget", "expected [[policy.dp.budget]] tables")
+    budgets = []
+    for i, entry in enumerate(entries):
+        key = f"policy.dp.budget[{i}]"
+        for k in entry:
+            if k not in _BUDGET_KEYS:
+                close = difflib.get_close_matches(k, _BUDGET_KEYS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise r.error(f"{key}.{k}",
+                              f"unknown key (allowed: {', '.join(_BUDGET_KEYS)}){hint}")
+        try:
+            budgets.append(_budget(r, entry, key))
+        except InvalidInput as exc:
+            raise r.error(key, str(exc)) from None
+    return DpPolicy(tuple(require), level, tuple(budgets))
+
+
+def _budget(r: _Reader, entry: Mapping[str, Any], key: str) -> BudgetRule:
+    from veil.node.jobs import _dp
+
+    if ("epsilon" in entry) == ("rho" in entry):
+        raise r.error(key, "state the budget as epsilon = \"3\" (pure DP), rho = \"1\" (zCDP) "
+                           "or epsilon with delta, one of them")
+    approx = None
+    if "rho" in entry:
+        if "delta" in entry:
+            raise r.error(f"{key}.delta", "goes with epsilon, not rho")
+        measure, total = "rho", _dp.decimal(entry["rho"], f"{key}.rho")
+    elif "delta" in entry:
+        from veil.protocols import dp
+
+        eps = _dp.decimal(entry["epsilon"], f"{key}.epsilon")
+        delta = _dp.decimal(entry["delta"], f"{key}.delta", places=30)
+        if eps <= 0 or not 0 < delta < 1:
+            raise r.error(key, "expected epsilon > 0 and 0 < delta < 1")
+        measure, total, approx = "rho", dp.rho_for(eps, delta), (eps, delta)
+    else:
+        measure, total = "epsilon", _dp.decimal(entry["epsilon"], f"{key}.epsilon")
+    if total <= 0:
+        raise r.error(key, "the budget must be more than 0")
+    if "max_per_run" not in entry:
+        raise r.error(f"{key}.max_per_run",
+                      "required: the most one run may spend (in the budget's measure)")
+    per_run = _dp.decimal(entry["max_per_run"], f"{key}.max_per_run")
+    renew = _dp.parse_renew(entry["renew"], f"{key}.renew") if "renew" in entry else None
+    return BudgetRule(
+        measure=measure, total=total, max_per_run=per_run, renew_s=renew,
+        datasets=tuple(r.strings(entry, f"{key}.datasets", _GLOB, "dataset names or globs",
+                                 ["*"])),
+        analysts=tuple(r.strings(entry, f"{key}.analysts", re.compile(r"\S(.*\S)?"),
+                                 "analyst names or globs", ["*"])),
+        approx=approx,
     )
 
 

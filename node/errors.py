@@ -71,6 +71,16 @@ class QuotaExhausted(VeilError):
         )
 
 
+#: how a budget refusal's message starts (the client tells it from other RESOURCE_EXHAUSTED)
+BUDGET_EXHAUSTED = "differential-privacy budget exhausted"
+
+
+class BudgetExhausted(VeilError):
+    """An analyst's differential-privacy budget on a dataset has less left than a run spends."""
+
+    status = "RESOURCE_EXHAUSTED"
+
+
 class ResourceLimit(VeilError):
     """A per-call limit (time, memory, result size) was hit."""
 
@@ -122,6 +132,8 @@ class RemoteError(VeilError):
 def remote_error(status: str, message: str, node: str) -> VeilError:
     """Rebuild a node's refusal on the client side, keeping its kind where we know it."""
     kind = _BY_STATUS.get(status)
+    if status == BudgetExhausted.status and message.startswith(BUDGET_EXHAUSTED):
+        kind = BudgetExhausted  # one status, two kinds: the budget's refusal says which
     if kind is None:
         if status == "UNAVAILABLE":
             message += " (is the node running at that address, and does it trust your CA?)"

@@ -17,6 +17,31 @@ SCHEMA_VERSION = 1
 
 #: tables added after the first release: created on every writable open (idempotent)
 _ADDED = """
+-- Differential privacy: what each analyst spent on each dataset per budget period. A row is
+-- written only by a release's log entry transaction, so it always agrees with the log.
+CREATE TABLE IF NOT EXISTS dp_spent (
+    analyst      TEXT NOT NULL,
+    dataset      TEXT NOT NULL,
+    measure      TEXT NOT NULL,   -- epsilon | rho
+    period_start TEXT NOT NULL,   -- RFC 3339; 1970-01-01T00:00:00Z for a budget never renewed
+    spent        TEXT NOT NULL,   -- exact decimal
+    PRIMARY KEY (analyst, dataset, measure, period_start)
+);
+-- Each release's per-call spend, by log index (the statement cites these).
+CREATE TABLE IF NOT EXISTS dp_releases (
+    log_index    INTEGER PRIMARY KEY,
+    analyst      TEXT NOT NULL,
+    dataset      TEXT NOT NULL,
+    measure      TEXT NOT NULL,
+    period_start TEXT NOT NULL,
+    spent        TEXT NOT NULL
+);
+-- The noise each release drew (zlib-compressed JSON), kept for replay only: never in the
+-- log, never sent. OpenDP's samplers cannot be seeded, so the draws are kept instead.
+CREATE TABLE IF NOT EXISTS dp_noise (
+    log_index INTEGER PRIMARY KEY,
+    noise     BLOB NOT NULL
+);
 -- The salt of each sum part's commitment (the log holds only the commitment).
 CREATE TABLE IF NOT EXISTS sum_parts (
     log_index INTEGER PRIMARY KEY,

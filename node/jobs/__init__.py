@@ -16,6 +16,7 @@ from veil.node.jobs._approval import (
     sign_decision,
     verify_decision,
 )
+from veil.node.jobs._dp import DP_KINDS, BudgetRule, DpPolicy, DpRequest
 from veil.node.jobs._policy import (
     LEVELS,
     MASKS,
@@ -62,6 +63,10 @@ from veil.node.jobs._tariff import (
 )
 
 __all__ = [
+    "DP_KINDS",
+    "BudgetRule",
+    "DpPolicy",
+    "DpRequest",
     "DECISIONS",
     "KINDS",
     "LEVELS",

@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 from veil.node.errors import ApprovalRequired, InvalidInput, PolicyDenied
 from veil.node.jobs._approval import Decision, check_role
+from veil.node.jobs._dp import DpPolicy, check_request
 from veil.node.jobs._psi import PSI_KINDS
 from veil.node.jobs._spec import KINDS, JobSpec, NodePart
 from veil.node.jobs._tariff import METER_NAMES, QUOTA_METERS, TOTAL_QUANTUM, Quota, Tariff
@@ -92,6 +93,8 @@ class NodePolicy:
     min_intersection_size: int = 10
     #: the peer's set must have at least this many keys (a tiny or crafted set tests membership)
     min_peer_set_size: int = 100
+    #: differential privacy: which jobs need it, and each analyst's budget
+    dp: DpPolicy = field(default_factory=DpPolicy)
 
     def __post_init__(self) -> None:
         for name in ("deny_analysts", "deny_functions", "allow_kinds"):
@@ -230,6 +233,16 @@ def check_submission(
                 f"column '{part.dataset}.{column}' is on this node's negative list "
                 f"(policy.deny_columns: {pattern!r}); remove it from the job"
             )
+    level = _max_level(level for _, level in _levels(part, dataset_columns))
+    why = policy.dp.required(spec.kind, part.dataset, level)
+    if why is not None and spec.dp is None:
+        raise PolicyDenied(
+            f"node {node_name!r} requires differential privacy for {why}: add a [dp] table to "
+            "the job (epsilon or rho per run, max_rows_per_subject, bounds for every summed "
+            "column, categories for every GROUP BY column)"
+        )
+    if spec.dp is not None:
+        check_request(spec.dp, spec.kind, part.dataset, spec.analyst, policy.dp)
     summed: set[str] = set()  # the columns this node's part sums
     if spec.kind == "sum":
         summed = set(spec.params["columns"])

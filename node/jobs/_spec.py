@@ -28,7 +28,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from veil.node.errors import ApprovalRequired, InvalidInput, VerificationError
-from veil.node.jobs import _psi, _sum
+from veil.node.jobs import _dp, _psi, _sum
 from veil.node.jobs._kinds import KINDS, MAX_NODES, SCHEMAS
 from veil.node.jobs._tariff import QUOTA_METERS, Quota
 from veil.protocols import signing
@@ -46,12 +46,12 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _NONCE = re.compile(r"[0-9a-f]{32}")
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
 
-_TOP_KEYS = ("purpose", "kind", "expires", "quota", "nodes", "params")
+_TOP_KEYS = ("purpose", "kind", "expires", "quota", "nodes", "params", "dp")
 _NODE_KEYS = ("name", "dataset", "columns", "address")
 _NODE_REQUIRED = ("name", "dataset", "columns")
 _ADDRESS = re.compile(r"(?:[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\]):"
                       r"([1-9][0-9]{0,4})")
-_CANONICAL_KEYS = frozenset(_TOP_KEYS) | {"v", "nonce", "analyst"}
+_CANONICAL_KEYS = frozenset(_TOP_KEYS) - {"dp"} | {"v", "nonce", "analyst"}
 
 
 # ---------------------------------------------------------------------------- values
@@ -184,6 +184,8 @@ class JobSpec:
     params: Mapping[str, Any]
     nonce: str
     analyst: str
+    #: the job's ``[dp]`` table: it runs under differential privacy (see ``_dp``)
+    dp: _dp.DpRequest | None = None
 
     def __post_init__(self) -> None:
         check_text(self.purpose, "purpose", max_len=2000)
@@ -201,6 +203,8 @@ class JobSpec:
         check_text(self.analyst, "analyst", max_len=200)
         self._check_nodes()
         object.__setattr__(self, "params", MappingProxyType(self._checked_params()))
+        if self.dp is not None:
+            self._check_dp(self.dp)
 
     def _check_nodes(self) -> None:
         if not isinstance(self.nodes, tuple) or not all(
@@ -247,6 +251,20 @@ class JobSpec:
             limit = 1_000_000 if name == "sql" else 200
             check_text(value, f"params.{name}", max_len=limit)
         return params  # query: the only other kind
+
+    def _check_dp(self, dp: _dp.DpRequest) -> None:
+        if not isinstance(dp, _dp.DpRequest):
+            raise InvalidInput(f"dp: expected a DpRequest, got {type(dp).__name__}")
+        if self.kind not in _dp.DP_KINDS:
+            raise InvalidInput(f"dp: a {self.kind} job cannot run under differential privacy "
+                               f"(kinds that can: {', '.join(_dp.DP_KINDS)}); remove [dp]")
+        for part in self.nodes:
+            missing = sorted(set(_dp.used_columns(dp)) - set(part.columns))
+            if missing:
+                raise InvalidInput(
+                    f"dp: column {missing[0]!r} has declared bounds or categories but node "
+                    f"{part.name!r} does not list it in its columns"
+                )
 
     def _check_sum_columns(self, params: _sum.SumParams) -> None:
         """A sum job's nodes list the columns it sums and groups by; others only for its
@@ -331,6 +349,7 @@ def parse_job_toml(
         )
     quota = _quota_from_toml(doc["quota"])
     nodes = _nodes_from_toml(doc["nodes"])
+    dp = _dp.parse_request(doc["dp"]) if "dp" in doc else None
     params = doc.get("params", {})
     if not isinstance(params, dict):
         raise InvalidInput(f"params: expected a [params] table, got {type(params).__name__}")
@@ -358,6 +377,7 @@ def parse_job_toml(
         params=params,
         nonce=secrets.token_hex(16) if nonce is None else nonce,
         analyst=analyst,
+        dp=dp,
     )
 
 
@@ -430,7 +450,7 @@ def _to_json_obj(spec: JobSpec) -> dict[str, Any]:
         "quota": spec.quota.to_dict(),
         "nodes": [_node_obj(n) for n in spec.nodes],
         "params": dict(spec.params),
-    }
+    } | ({} if spec.dp is None else {"dp": spec.dp.to_obj()})  # absent: older jobs keep bytes
 
 
 def _node_obj(n: NodePart) -> dict[str, Any]:
@@ -481,7 +501,7 @@ def spec_from_canonical(data: bytes) -> JobSpec:
         raise InvalidInput(
             f"job: expected canonical version {CANONICAL_VERSION}, got {obj.get('v')!r}"
         )
-    if set(obj) != _CANONICAL_KEYS:
+    if set(obj) - {"dp"} != _CANONICAL_KEYS:
         raise InvalidInput(
             f"job: expected exactly the keys {', '.join(sorted(_CANONICAL_KEYS))}, "
             f"got {', '.join(sorted(obj))}"
@@ -508,6 +528,7 @@ def spec_from_canonical(data: bytes) -> JobSpec:
         params=params,
         nonce=obj["nonce"],
         analyst=obj["analyst"],
+        dp=_dp.parse_request(obj["dp"]) if "dp" in obj else None,
     )
     if canonical_bytes(spec) != bytes(data):
         raise InvalidInput("job: bytes are valid but not in canonical form (re-encode and re-sign)")

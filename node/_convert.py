@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -67,8 +67,10 @@ def meters_from_proto(m: common_pb2.Meters) -> dict[str, int]:
     return {k: int(getattr(m, k)) for k in METER_NAMES}
 
 
-def job_to_proto(view: "JobView", config: "NodeConfig") -> jobs_pb2.Job:
-    """A job as approvers and analysts see it, with the dry-run estimate as JSON."""
+def job_to_proto(view: "JobView", config: "NodeConfig",
+                 dp_lines: Sequence[str] = ()) -> jobs_pb2.Job:
+    """A job as approvers and analysts see it, with the dry-run estimate as JSON (and its
+    differential-privacy lines, which the job's kind computes against this node's data)."""
     est = view.estimate(config)
     return jobs_pb2.Job(
         job_id=view.id,
@@ -95,7 +97,7 @@ def job_to_proto(view: "JobView", config: "NodeConfig") -> jobs_pb2.Job:
         expires=format_time(view.spec.expires),
         revoked_reason=view.revoked or "",
         estimate_json=json.dumps(
-            {"lines": est.lines(), "rows_total": est.rows_total, "max_level": est.max_level,
+            {"lines": [*est.lines(), *dp_lines], "rows_total": est.rows_total, "max_level": est.max_level,
              "max_price": str(est.max_price), "currency": est.currency,
              "dataset": view.dataset.ref},
             ensure_ascii=False,
@@ -116,10 +118,11 @@ def query_result_to_proto(result: "sandbox.QueryResult", datasets: list[str]) ->
         values = result.arrays[name]
         col = out.columns.add(name=name, type=type_)
         nulls = [v is None or (isinstance(v, float) and v != v) for v in values.tolist()]
+        # a masked array's NULLs come out of tolist() as None; they travel as 0 plus the mask
         if np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.bool_):
-            col.ints.extend(int(v) for v in values.tolist())
+            col.ints.extend(0 if v is None else int(v) for v in values.tolist())
         elif np.issubdtype(values.dtype, np.floating):
-            col.doubles.extend(float(v) for v in values.tolist())
+            col.doubles.extend(0.0 if v is None else float(v) for v in values.tolist())
         else:
             items = values.tolist()
             if all(v is None or isinstance(v, int) and not isinstance(v, bool) for v in items):

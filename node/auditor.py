@@ -331,7 +331,8 @@ def reconcile(client: Any, statement: dict[str, Any]) -> str:
     """Check a usage statement against the node's verified log, line by line and in full.
 
     Every line must cite a successful call by the statement's analyst whose entry has the
-    same job, method and meters; every charged call of that analyst in the statement's
+    same job, method, meters and differential-privacy spend; every charged call of that
+    analyst in the statement's
     period must have its line. Raises VerificationError naming the first discrepancy.
     """
     source = RemoteLog(client)
@@ -362,6 +363,14 @@ def reconcile(client: Any, statement: dict[str, Any]) -> str:
                     f"statement line for log index {index}: {field_} is {want!r} in the "
                     f"statement but {got!r} in the log"
                 )
+        logged = ((record.get("details") or {}).get("dp") or {}).get("budget")
+        stated = line.get("dp")
+        if (logged is None) != (stated is None) or (logged is not None and stated is not None and (
+                logged["measure"], logged["spent"]) != (stated["measure"], stated["spent"])):
+            raise VerificationError(
+                f"statement line for log index {index}: privacy budget spent is {stated!r} in "
+                f"the statement but {logged!r} in the log"
+            )
     if charged:
         missing = ", ".join(str(i) for i in sorted(charged)[:10])
         raise VerificationError(

@@ -106,6 +106,8 @@ class JobInfo:
     params: dict[str, str]
     parts: tuple[dict[str, Any], ...]
     canonical: bytes
+    #: the job's signed [dp] table (canonical form), or None for a job without DP
+    dp: dict[str, Any] | None = None
 
     @classmethod
     def from_proto(cls, j: Any) -> JobInfo:
@@ -128,6 +130,7 @@ class JobInfo:
             tuple({"name": p.name, "dataset": p.dataset, "columns": list(p.columns),
                    **({"address": p.address} if p.address else {})} for p in spec.nodes),
             bytes(j.canonical),
+            None if spec.dp is None else spec.dp.to_obj(),
         )
 
 
@@ -137,13 +140,17 @@ class Statement:
     analyst: str
     currency: str
     lines: tuple[dict[str, Any], ...]  # log_index, time, job, method, meters, amount (Decimal)
-    total: Decimal
+    total: Decimal                     # and, for a differentially private release, dp:
+                                       # {dataset, measure, spent}
+    #: the analyst's differential-privacy budgets at the node, now (DpBudget fields)
+    budgets: tuple[dict[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "node": self.node, "analyst": self.analyst, "currency": self.currency,
             "lines": [{**line, "amount": str(line["amount"])} for line in self.lines],
             "total": str(self.total),
+            "budgets": list(self.budgets),
         }
 
 
@@ -159,6 +166,10 @@ class QueryResult:
     meters: dict[str, int]
     result_sha256: str
     dataset_versions: tuple[str, ...]
+    #: under differential privacy: per measurement, how it was noised (DpRelease fields)
+    dp: tuple[dict[str, Any], ...] = ()
+    #: under differential privacy: the analyst's budget on the dataset after this run
+    budget: dict[str, str] | None = None
 
     def records(self) -> list[tuple[Any, ...]]:
         return list(zip(*(self.arrays[c].tolist() for c in self.columns)))
@@ -399,6 +410,8 @@ class Client:
             tuple(c.name for c in r.columns), tuple(c.type for c in r.columns),
             query_result_from_proto(r), r.rows, r.suppressed_groups, meters_from_proto(r.meters),
             r.result_sha256, tuple(r.dataset_versions),
+            tuple(_release(d) for d in r.dp),
+            _budget(r.budget) if r.HasField("budget") else None,
         )
 
     def run_sum(self, job_id: str, key: Any) -> SumTotals:
@@ -420,7 +433,8 @@ class Client:
         pub = key.public_key
         sums, counts, flags = ([ciphertext_from_bytes(pub, bytes(b)) for b in v]
                                for v in (r.sums, r.counts, r.withheld))
-        totals, rows, withheld = decode(p, len(spec.nodes), sums, counts, flags, Decryptor(key))
+        totals, rows, withheld = decode(p, len(spec.nodes), sums, counts, flags, Decryptor(key),
+                                       noisy=spec.dp is not None)
         own = self.last_receipt
         receipts = [{"node": n.node, "log_index": n.receipt.log_index,
                      "checkpoint": n.receipt.checkpoint} for n in r.receipts]
@@ -505,9 +519,24 @@ class Client:
             r.node, r.analyst, r.currency,
             tuple({"log_index": line.log_index, "time": line.time, "job": line.job_id,
                    "method": line.method, "meters": meters_from_proto(line.meters),
-                   "amount": Decimal(line.amount)} for line in r.lines),
+                   "amount": Decimal(line.amount),
+                   **({"dp": {"dataset": line.dp_dataset, "measure": line.dp_measure,
+                              "spent": line.dp_spent}} if line.dp_spent else {})}
+                  for line in r.lines),
             Decimal(r.total),
+            tuple(_budget(b) for b in r.budgets),
         )
+
+
+def _budget(b: Any) -> dict[str, str]:
+    return {f: getattr(b, f) for f in ("dataset", "measure", "total", "spent", "remaining",
+                                       "period_start", "period_end", "max_per_run")}
+
+
+def _release(d: Any) -> dict[str, Any]:
+    return {"measurement": d.measurement, "columns": list(d.columns), "mechanism": d.mechanism,
+            "measure": d.measure, "spent": d.spent, "scale": d.scale, "std": d.std,
+            "ci95": d.ci95}
 
 
 def job_text(job: str | Path) -> tuple[str, Path | None]:

@@ -114,6 +114,30 @@ def run(q: QueryInputs, lim: sandbox.Limits, workers: sandbox.Workers) -> sandbo
         return workers.run(q.sql, [q.table], q.policy, lim)
 
 
+def validate_dp(q: QueryInputs, lim: sandbox.Limits, spec: sandbox.DpSpec) -> sandbox.DpQuery:
+    """The differentially private form of ``q``: refused unless every output is bounded."""
+    with _as_veil_errors("refused", q):
+        return sandbox.validate_dp(q.sql, q.table, q.policy, lim, spec)
+
+
+def run_dp(q: QueryInputs, lim: sandbox.Limits, spec: sandbox.DpSpec,
+           workers: sandbox.Workers) -> sandbox.DpExact:
+    """The bounded exact aggregates of ``q`` in a worker (they never leave the node)."""
+    with _as_veil_errors("stopped", q):
+        return workers.run_dp(q.sql, q.table, q.policy, lim, spec)
+
+
+def dp_result(dq: sandbox.DpQuery, exact: sandbox.DpExact,
+              draws: Sequence[Sequence[int]]) -> sandbox.QueryResult:
+    """The released result: the exact aggregates plus their noise, post-processed."""
+    if len(draws) != len(exact.values) or any(
+            len(d) != len(v) for d, v in zip(draws, exact.values)):
+        raise InvalidInput("dp: the noise does not match the query's measurements")
+    noisy = [[x + n for x, n in zip(v, d)] for v, d in zip(exact.values, draws)]
+    with _as_veil_errors("stopped"):
+        return sandbox.dp_result(dq, noisy, exact.meters)
+
+
 def meters(result: sandbox.QueryResult) -> Meters:
     m = result.meters
     return Meters(runs=1, rows_scanned=m.rows_scanned, result_rows=m.result_rows,

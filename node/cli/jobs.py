@@ -144,6 +144,12 @@ def cmd_job_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spent(dp: dict[str, str] | None) -> str:
+    if not dp:
+        return ""
+    return f"{'ε' if dp['measure'] == 'epsilon' else 'ρ'} {dp['spent']} on {dp['dataset']}"
+
+
 def cmd_usage(args: argparse.Namespace) -> int:
     args.start, args.end = parse_time(args.start, "--since"), parse_time(args.end, "--until")
     with client_for(args) as client:
@@ -156,21 +162,30 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
         w = csv.writer(sys.stdout)
         w.writerow(["log_index", "time", "job", "method", "runs", "rows_scanned", "result_rows",
-                    "items", "ciphertexts", "cpu_ms", "bytes_out", "amount", "currency"])
+                    "items", "ciphertexts", "cpu_ms", "bytes_out", "amount", "currency",
+                    "dp_measure", "dp_spent"])
         for line in st.lines:
             m = line["meters"]
             w.writerow([line["log_index"], line["time"], line["job"], line["method"], m["runs"],
                         m["rows_scanned"], m["result_rows"], m["items"], m["ciphertexts"],
-                        m["cpu_ms"], m["bytes_out"], line["amount"], st.currency])
+                        m["cpu_ms"], m["bytes_out"], line["amount"], st.currency,
+                        line.get("dp", {}).get("measure", ""), line.get("dp", {}).get("spent", "")])
     else:
         print(f"usage statement: analyst {st.analyst} at node {st.node}")
         print_table(
-            ("log index", "time", "job", "method", "rows scanned", "amount"),
+            ("log index", "time", "job", "method", "rows scanned", "amount", "privacy spent"),
             [(line["log_index"], line["time"][:19], line["job"][:12],
               line["method"].rsplit("/", 1)[-1], line["meters"]["rows_scanned"],
-              f"{line['amount']} {st.currency}") for line in st.lines],
+              f"{line['amount']} {st.currency}", _spent(line.get("dp"))) for line in st.lines],
         )
         print(f"total: {st.total} {st.currency} for {len(st.lines)} charged calls")
+        if st.budgets:
+            print(f"differential-privacy budgets of {st.analyst} at {st.node}, now:")
+            print_table(
+                ("dataset", "measure", "spent", "left", "of", "per run at most", "renews"),
+                [(b["dataset"], b["measure"], b["spent"], b["remaining"], b["total"],
+                  b["max_per_run"], b["period_end"] or "never") for b in st.budgets],
+            )
     if args.out:
         doc = {**st.to_json(), "from": args.start or "", "to": args.end or ""}
         Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
@@ -188,6 +203,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             "suppressed_groups": result.suppressed_groups, "meters": result.meters,
             "result_sha256": result.result_sha256,
             "log_index": receipt.log_index if receipt else None,
+            **({"dp": list(result.dp), "budget": result.budget} if result.dp else {}),
         }, indent=2, default=str))
         return 0
     if args.format == "csv":
@@ -198,9 +214,23 @@ def cmd_query(args: argparse.Namespace) -> int:
         w.writerows(rows)
         return 0
     print_table(result.columns, [[fmt(v) for v in r] for r in rows])
-    print(f"{len(rows)} groups; {result.suppressed_groups} suppressed (fewer subjects than the "
-          f"node's minimum group size); {result.meters['rows_scanned']:,} rows scanned"
-          + (f"; log index {receipt.log_index}" if receipt else ""))
+    at = f"; log index {receipt.log_index}" if receipt else ""
+    if not result.dp:
+        print(f"{len(rows)} groups; {result.suppressed_groups} suppressed (fewer subjects than "
+              f"the node's minimum group size); {result.meters['rows_scanned']:,} rows "
+              f"scanned{at}")
+        return 0
+    print(f"{len(rows)} groups, every declared category, each with differentially private "
+          f"noise; {result.meters['rows_scanned']:,} rows scanned{at}")
+    print_table(("measurement", "columns", "mechanism", "spent", "noise scale", "±95%"),
+                [(d["measurement"], ", ".join(d["columns"]), d["mechanism"],
+                  f"{'ε' if d['measure'] == 'epsilon' else 'ρ'} = {d['spent']}",
+                  f"{d['scale']:,.4g}", f"{d['ci95']:,.4g}") for d in result.dp])
+    b = result.budget
+    if b:
+        unit = "ε" if b["measure"] == "epsilon" else "ρ"
+        until = f", until {b['period_end']}" if b["period_end"] else ", never renewed"
+        print(f"budget on {b['dataset']}: {unit} = {b['remaining']} left of {b['total']}{until}")
     return 0
 
 

@@ -220,9 +220,10 @@ _HINTS = {
 MAX_ROWS = 1 << 40
 
 
-def packings(p: SumParams, nodes: int) -> tuple[Any, Any, Any]:
+def packings(p: SumParams, nodes: int, noisy: bool = False) -> tuple[Any, Any, Any]:
     """The three packings of a run, as every party computes them from the job: the sums
-    (``[-bound, bound]`` at ``scale`` digits), the row counts, and the withheld flags."""
+    (``[-bound, bound]`` at ``scale`` digits), the row counts, and the withheld flags. Under
+    differential privacy (``noisy``) a node's row counts carry noise and may be negative."""
     from fractions import Fraction
 
     from phe.paillier import PaillierPublicKey
@@ -232,7 +233,8 @@ def packings(p: SumParams, nodes: int) -> tuple[Any, Any, Any]:
     key = PaillierPublicKey(p.paillier_n)
     sums = Packing.for_key(key, lower=-Fraction(p.bound), upper=Fraction(p.bound),
                            digits=p.scale, addends=nodes)
-    counts = Packing.for_key(key, lower=0, upper=MAX_ROWS, digits=0, addends=nodes)
+    counts = Packing.for_key(key, lower=-MAX_ROWS if noisy else 0, upper=MAX_ROWS, digits=0,
+                             addends=nodes)
     flags = Packing.for_key(key, lower=0, upper=1, digits=0, addends=nodes)
     return sums, counts, flags
 
@@ -262,12 +264,13 @@ class SumTotals:
 
 
 def decode(p: SumParams, nodes: int, sums: Sequence[int], counts: Sequence[int],
-           flags: Sequence[int], decryptor: Any) -> tuple[list[list[Decimal]], list[int], list[int]]:
+           flags: Sequence[int], decryptor: Any,
+           noisy: bool = False) -> tuple[list[list[Decimal]], list[int], list[int]]:
     """Decrypt and unpack a run's totals: per group the column totals, rows and how many
     nodes withheld it. Every node sends every withheld flag (0 or 1); a node that withheld a
     group sends nothing (a raw zero) in its sum and count slots, so those slots are unpacked
     as sums of the nodes that did contribute."""
-    sums_pack, counts_pack, flags_pack = packings(p, nodes)
+    sums_pack, counts_pack, flags_pack = packings(p, nodes, noisy)
     groups, width = p.groups, len(p.columns)
     withheld = flags_pack.unpack_scaled(decryptor.decrypt_many(flags), groups)
     contributed = [nodes - w for w in withheld]

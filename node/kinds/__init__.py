@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from veil.node.errors import Unimplemented
-from veil.node.jobs import KINDS
+from veil.node.jobs import DP_KINDS, KINDS
 
 if TYPE_CHECKING:
     import sqlite3
@@ -53,6 +53,14 @@ class JobKind(Protocol):
                record: Mapping[str, Any], workers: sandbox.Workers) -> Replayed:
         """Re-run the logged call at ``index`` from the node's state, in ``workers`` under
         the node's limits; compare digests."""
+
+
+class DpKind(JobKind, Protocol):
+    """A kind that can run under differential privacy (``veil.node.jobs.DP_KINDS``)."""
+
+    def dp_estimate(self, ctx: NodeContext, view: Any) -> list[str]:
+        """The dry run's differential-privacy lines for a job of this kind with ``[dp]``:
+        what a run spends, what the analyst has left, the error of each measurement."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,8 @@ def _registry() -> Mapping[str, JobKind]:
     kinds: tuple[JobKind, ...] = (QUERY, SUM, PSI, INTERSECTION_SUM)
     for k in kinds:
         assert k.name in KINDS, f"kind module {k.name!r} is not a kind of the job language"
+        assert hasattr(k, "dp_estimate") == (k.name in DP_KINDS), \
+            f"kind module {k.name!r}: differential privacy support disagrees with DP_KINDS"
     return MappingProxyType({k.name: k for k in kinds})
 
 
@@ -106,6 +116,14 @@ def get(name: str) -> JobKind:
             "submit the job to nodes that do"
         )
     return kind
+
+
+def dp_kind(name: str) -> DpKind:
+    """The module of a kind that runs under differential privacy."""
+    kind = get(name)
+    if not hasattr(kind, "dp_estimate"):
+        raise Unimplemented(f"{name} jobs cannot run under differential privacy at this node")
+    return kind  # type: ignore[return-value]
 
 
 def by_method(method: str) -> JobKind | None:

@@ -65,7 +65,7 @@ from phe.paillier import PaillierPublicKey
 from veil.v1 import common_pb2, peer_pb2_grpc, sum_pb2
 
 from veil import sandbox
-from veil.node import catalog, federation, queries
+from veil.node import catalog, dp, federation, queries
 from veil.node._rpc import Call, Outcome
 from veil.node.catalog import DatasetVersion
 from veil.node.config import NodeConfig
@@ -82,6 +82,7 @@ from veil.node.home import NodeHome
 from veil.node.jobs import JobSpec, Meters, SumParams, spec_from_canonical, sum_params
 from veil.node.jobs._sum import packings
 from veil.node.kinds import Replayed, peer_receipt
+from veil.protocols import dp as mech
 from veil.protocols import masks, paillier, signing
 from veil.protocols.canonical import canonical_json
 from veil.protocols.errors import ProtocolInputError
@@ -113,7 +114,20 @@ class SumKind:
                  snapshots: Path) -> None:
         """Approvers only ever see a sum whose local query this node's sandbox accepts."""
         q = _local_query(spec, config.name, dataset, snapshots, config)
-        queries.validate(q, _limits(config, sum_params(spec.params)))
+        p = sum_params(spec.params)
+        if spec.dp is not None:
+            queries.validate_dp(q, _limits(config, p), _dp_spec(spec, p))
+        else:
+            queries.validate(q, _limits(config, p))
+
+    def dp_estimate(self, ctx: NodeContext, view: Any) -> list[str]:
+        """The dry run's differential-privacy lines: this node's share of the noise."""
+        spec, config = view.spec, ctx.home.config
+        p = sum_params(spec.params)
+        q = _local_query(spec, ctx.name, view.dataset, ctx.home.snapshots, config)
+        dq = queries.validate_dp(q, _limits(config, p), _dp_spec(spec, p))
+        lines = dp.dry_run(ctx, spec, view.dataset.name, dq.measurements, nodes=len(spec.nodes))
+        return lines
 
     # ------------------------------------------------------------------ the aggregator
 
@@ -224,10 +238,15 @@ class SumKind:
             )
         config = ctx.home.config
         q = _local_query(spec, ctx.name, grant.dataset, ctx.home.snapshots, config)
-        result = queries.run(q, _limits(config, p), ctx.workers)
-        local = _aggregate(result, p, ctx.name)
+        noised: _Noised | None = None
+        if spec.dp is not None:
+            noised = _noised_local(ctx, grant, q, p)
+            local, sandbox_meters = noised.local, noised.meters
+        else:
+            result = queries.run(q, _limits(config, p), ctx.workers)
+            local, sandbox_meters = _aggregate(result, p, ctx.name), result.meters
         key = PaillierPublicKey(p.paillier_n)
-        sums_pack, counts_pack, flags_pack = packings(p, len(spec.nodes))
+        sums_pack, counts_pack, flags_pack = packings(p, len(spec.nodes), spec.dp is not None)
         vectors = [sums_pack.pack(local.sum_slots()), counts_pack.pack(local.count_slots()),
                    flags_pack.pack(local.flag_slots())]
         plain = [m for v in vectors for m in v]
@@ -243,15 +262,19 @@ class SumKind:
         a, b = len(vectors[0]), len(vectors[0]) + len(vectors[1])
         parts = (cts[:a], cts[a:b], cts[b:])
         size = paillier.ciphertext_size(key)
-        m = result.meters
+        m = sandbox_meters
         meters = Meters(runs=1, rows_scanned=m.rows_scanned, cpu_ms=m.cpu_ms,
                         ciphertexts=len(cts), bytes_out=size * len(cts))
         details = {"run": run_id, "commitment": commitment,
                    "parts_sha256": _digest_ints(key, cts), "query": q.settings()}
+        if noised is not None:
+            details["dp"] = noised.details
 
         def effect(tx: sqlite3.Connection, index: int) -> None:
             tx.execute("INSERT INTO sum_parts(log_index, job_id, run_id, salt) VALUES (?, ?, ?, ?)",
                        (index, grant.id, run_id, salt))
+            if noised is not None:
+                noised.charge(tx, index)
 
         return _Part(parts, meters, details, effect)
 
@@ -288,8 +311,13 @@ class SumKind:
         q = _local_query(spec, home.config.name, ds, home.snapshots, home.config,
                          columns=record["details"]["sum"]["query"]["columns"])
         try:
-            local = _aggregate(queries.run(q, _limits(home.config, p), workers), p,
-                               home.config.name)
+            if spec.dp is not None:
+                dq = queries.validate_dp(q, _limits(home.config, p), _dp_spec(spec, p))
+                exact = queries.run_dp(q, _limits(home.config, p), _dp_spec(spec, p), workers)
+                local = _dp_local(dq, exact, dp.noise_of(conn, index), p, home.config.name)
+            else:
+                local = _aggregate(queries.run(q, _limits(home.config, p), workers), p,
+                                   home.config.name)
             replayed = _commit(local.encode(), bytes(salt[0]))
         except VeilError as exc:
             replayed = f"error: {exc}"
@@ -410,6 +438,82 @@ def _aggregate(result: sandbox.QueryResult, p: SumParams, node: str) -> _Local:
             values.append(d)
         sums[g] = values
         counts[g] = int(rows[row])
+    return _Local(p, sums, counts)
+
+
+def _dp_spec(spec: JobSpec, p: SumParams) -> sandbox.DpSpec:
+    """The sandbox's bounds for a sum under differential privacy: the job's ``[dp]`` bounds,
+    and the sum's own declared categories as the GROUP BY's."""
+    assert spec.dp is not None
+    if spec.dp.scale != p.scale:
+        raise InvalidInput(f"dp.scale ({spec.dp.scale}) must equal the sum's params.scale "
+                           f"({p.scale}): the noise is added in the sum's fixed-point units")
+    declared = dict(spec.dp.categories)
+    if p.group_by is not None:
+        if declared.get(p.group_by, p.categories) != p.categories:
+            raise InvalidInput(f"dp.categories.{p.group_by}: must be the sum's own categories "
+                               "(or be left out)")
+        declared[p.group_by] = p.categories
+    return dataclasses.replace(dp.sandbox_spec(spec.dp), categories=declared)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Noised:
+    """This node's part under differential privacy: its noisy aggregate and what to log."""
+
+    local: _Local
+    meters: sandbox.Meters
+    details: dict[str, Any]
+    charge: Any  # the effect that spends the budget in the part's log entry
+
+
+def _noised_local(ctx: NodeContext, grant: Grant, q: queries.QueryInputs,
+                  p: SumParams) -> _Noised:
+    """The exact bounded aggregate of this node plus its share of the noise.
+
+    With a ρ (zCDP) job the nodes share the noise: each adds a discrete Gaussian sized by
+    ``protocols.dp.shared`` so that the *total* of the n draws carries the job's ρ (Kairouz,
+    Liu & Steinke 2021). No node adds all of it, so no single noisy part is as well
+    protected as the total; but no part is ever seen alone (each is masked and encrypted,
+    and only the total is decrypted). If t nodes pool their own draws with the analyst, the
+    total keeps the noise of the other n - t: ρ grows to about ρ·n/(n - t) for the data of
+    the nodes outside the coalition. With a pure ε job every node adds the full noise (the
+    sum of discrete Laplace draws has no shared form), so each node's data keeps ε against
+    any coalition, at √n times the total's error.
+    """
+    spec, config, name = grant.spec, ctx.home.config, grant.dataset.name
+    assert spec.dp is not None
+    rule, cost = dp.budget_rule(spec, name, config.policy.dp)
+    with ctx.lock:
+        dp.check(ctx.conn, rule, spec.analyst, name, cost)
+    dspec, lim = _dp_spec(spec, p), _limits(config, p)
+    dq = queries.validate_dp(q, lim, dspec)
+    exact = queries.run_dp(q, lim, dspec, ctx.workers)
+    noises = dp.plan(spec.dp, [m.sensitivity for m in dq.measurements], nodes=len(spec.nodes))
+    draws = [mech.draw(n, len(dq.cells)) for n in noises]
+    local = _dp_local(dq, exact, draws, p, ctx.name)
+    return _Noised(local, exact.meters, dp.log_details(rule, cost, spec.dp, dq, noises),
+                   dp.charge(rule, spec.analyst, name, cost, dp.pack_noise(draws)))
+
+
+def _dp_local(dq: Any, exact: Any, draws: Sequence[Sequence[int]], p: SumParams,
+              node: str) -> _Local:
+    """The noisy aggregate in the sum's layout: every declared group, never withheld."""
+    noisy = {(m.kind, m.column): [x + n for x, n in zip(values, d)]
+             for m, values, d in zip(dq.measurements, exact.values, draws)}
+    quantum = Decimal(1).scaleb(-p.scale)
+    sums: list[list[Decimal] | None] = []
+    counts: list[int | None] = []
+    for g in range(p.groups):
+        values = [Decimal(noisy[("sum", c)][g]) * quantum for c in p.columns]
+        for c, v in zip(p.columns, values):
+            if abs(v) > p.bound:  # a function of the noisy value only: post-processing
+                raise PolicyDenied(
+                    f"column {c}: a noisy local sum at node {node!r} exceeds the job's bound "
+                    f"({p.bound}); declare a larger bound; nothing was encrypted or sent"
+                )
+        sums.append(values)
+        counts.append(noisy[("count", None)][g])
     return _Local(p, sums, counts)
 
 

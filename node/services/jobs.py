@@ -6,9 +6,11 @@ from collections.abc import Mapping
 
 from veil.v1 import jobs_pb2
 
-from veil.node._convert import job_to_proto
+from veil.node import kinds
+from veil.node._convert import job_to_proto as _job_to_proto
 from veil.node._rpc import Call, Rpc
 from veil.node.context import NodeContext
+from veil.node.grants import JobView
 from veil.node.errors import PolicyDenied
 from veil.node.jobs import PSI_KINDS, SignedJob
 from veil.node.services._roles import ANALYST, ANY_ROLE, APPROVERS, OPERATOR
@@ -17,14 +19,20 @@ SERVICE = "veil.v1.JobService"
 
 
 def rpcs(ctx: NodeContext) -> Mapping[str, Rpc]:
-    grants, config = ctx.grants, ctx.home.config
+    grants = ctx.grants
+
+    def job_to_proto(view: JobView) -> jobs_pb2.Job:
+        lines: list[str] = []
+        if view.spec.dp is not None:
+            lines = kinds.dp_kind(view.spec.kind).dp_estimate(ctx, view)
+        return _job_to_proto(view, ctx.home.config, lines)
 
     def submit_job(req: jobs_pb2.SignedJob, call: Call) -> jobs_pb2.Job:
         view, _created = grants.submit(SignedJob(req.canonical, req.signature), call.identity)
         call.job_id = view.id
         if view.spec.kind in PSI_KINDS:
             ctx.warm_psi()  # start the blinding pool now, off the hot path of the first run
-        return job_to_proto(view, config)
+        return job_to_proto(view)
 
     def list_jobs(req: jobs_pb2.ListJobsRequest, call: Call) -> jobs_pb2.ListJobsResponse:
         analyst = req.analyst or None
@@ -33,20 +41,20 @@ def rpcs(ctx: NodeContext) -> Mapping[str, Rpc]:
                 raise PolicyDenied("analysts may list only their own jobs")
             analyst = call.identity.name
         views = [v for v in grants.jobs(analyst) if not req.state or v.state == req.state]
-        return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(v, config) for v in views])
+        return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(v) for v in views])
 
     def get_job(req: jobs_pb2.GetJobRequest, call: Call) -> jobs_pb2.Job:
         call.job_id = req.job_id
-        return job_to_proto(grants.view(req.job_id, call.identity), config)
+        return job_to_proto(grants.view(req.job_id, call.identity))
 
     def decide_job(req: jobs_pb2.SignedDecision, call: Call) -> jobs_pb2.Job:
         view = grants.decide(req.canonical, req.signature, call.identity)
         call.job_id = view.id
-        return job_to_proto(view, config)
+        return job_to_proto(view)
 
     def revoke_job(req: jobs_pb2.RevokeJobRequest, call: Call) -> jobs_pb2.Job:
         call.job_id = req.job_id
-        return job_to_proto(grants.revoke(req.job_id, req.reason, call.identity), config)
+        return job_to_proto(grants.revoke(req.job_id, req.reason, call.identity))
 
     return {
         "SubmitJob": Rpc(ANALYST, submit_job),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from veil.v1 import usage_pb2
+from veil.v1 import common_pb2, usage_pb2
 
+from veil.node import catalog, dp
 from veil.node._convert import meters_to_proto
 from veil.node._rpc import Call, Rpc
 from veil.node.context import NodeContext
@@ -27,6 +28,10 @@ def rpcs(ctx: NodeContext) -> Mapping[str, Rpc]:
         start = parse_user_time(req.from_time, "from_time") if req.from_time else None
         end = parse_user_time(req.to_time, "to_time") if req.to_time else None
         lines = ctx.grants.statement(analyst, start, end)
+        with ctx.lock:
+            spent = dp.releases(ctx.conn, analyst)
+            budgets = dp.standings(ctx.conn, ctx.home.config.policy.dp, analyst,
+                                   sorted(catalog.all_versions(ctx.conn)))
         return usage_pb2.Statement(
             node=ctx.name,
             analyst=analyst,
@@ -36,10 +41,19 @@ def rpcs(ctx: NodeContext) -> Mapping[str, Rpc]:
                     log_index=line["log_index"], time=line["time"], job_id=line["job"],
                     method=line["method"], meters=meters_to_proto(line["meters"].to_dict()),
                     amount=str(line["amount"]),
+                    **_dp_fields(spent.get(line["log_index"])),
                 )
                 for line in lines
             ],
             total=str(statement_total(lines)),
+            budgets=[common_pb2.DpBudget(**b.to_dict()) for b in budgets],
         )
 
     return {"GetStatement": Rpc(STATEMENT_READERS, get_statement)}
+
+
+def _dp_fields(release: Mapping[str, str] | None) -> dict[str, str]:
+    if release is None:
+        return {}
+    return {"dp_dataset": release["dataset"], "dp_measure": release["measure"],
+            "dp_spent": release["spent"]}

@@ -24,19 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14veil/v1/common.proto\x12\x07veil.v1\"C\n\x07Receipt\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12\x11\n\tnode_vkey\x18\x03 \x01(\t\"\x88\x01\n\x06Meters\x12\x0c\n\x04runs\x18\x01 \x01(\x04\x12\x14\n\x0crows_scanned\x18\x02 \x01(\x04\x12\x13\n\x0bresult_rows\x18\x03 \x01(\x04\x12\r\n\x05items\x18\x04 \x01(\x04\x12\x13\n\x0b\x63iphertexts\x18\x05 \x01(\x04\x12\x0e\n\x06\x63pu_ms\x18\x06 \x01(\x04\x12\x11\n\tbytes_out\x18\x07 \x01(\x04\">\n\x0bNodeReceipt\x12\x0c\n\x04node\x18\x01 \x01(\t\x12!\n\x07receipt\x18\x02 \x01(\x0b\x32\x10.veil.v1.Receipt*i\n\x05Level\x12\x15\n\x11LEVEL_UNSPECIFIED\x10\x00\x12\x10\n\x0cLEVEL_PUBLIC\x10\x01\x12\x12\n\x0eLEVEL_INTERNAL\x10\x02\x12\x13\n\x0fLEVEL_SENSITIVE\x10\x03\x12\x0e\n\nLEVEL_CORE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14veil/v1/common.proto\x12\x07veil.v1\"C\n\x07Receipt\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12\x11\n\tnode_vkey\x18\x03 \x01(\t\"\x88\x01\n\x06Meters\x12\x0c\n\x04runs\x18\x01 \x01(\x04\x12\x14\n\x0crows_scanned\x18\x02 \x01(\x04\x12\x13\n\x0bresult_rows\x18\x03 \x01(\x04\x12\r\n\x05items\x18\x04 \x01(\x04\x12\x13\n\x0b\x63iphertexts\x18\x05 \x01(\x04\x12\x0e\n\x06\x63pu_ms\x18\x06 \x01(\x04\x12\x11\n\tbytes_out\x18\x07 \x01(\x04\">\n\x0bNodeReceipt\x12\x0c\n\x04node\x18\x01 \x01(\t\x12!\n\x07receipt\x18\x02 \x01(\x0b\x32\x10.veil.v1.Receipt\"\x9c\x01\n\x08\x44pBudget\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07measure\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\t\x12\r\n\x05spent\x18\x04 \x01(\t\x12\x11\n\tremaining\x18\x05 \x01(\t\x12\x14\n\x0cperiod_start\x18\x06 \x01(\t\x12\x12\n\nperiod_end\x18\x07 \x01(\t\x12\x13\n\x0bmax_per_run\x18\x08 \x01(\t*i\n\x05Level\x12\x15\n\x11LEVEL_UNSPECIFIED\x10\x00\x12\x10\n\x0cLEVEL_PUBLIC\x10\x01\x12\x12\n\x0eLEVEL_INTERNAL\x10\x02\x12\x13\n\x0fLEVEL_SENSITIVE\x10\x03\x12\x0e\n\nLEVEL_CORE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'veil.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LEVEL']._serialized_start=305
-  _globals['_LEVEL']._serialized_end=410
+  _globals['_LEVEL']._serialized_start=464
+  _globals['_LEVEL']._serialized_end=569
   _globals['_RECEIPT']._serialized_start=33
   _globals['_RECEIPT']._serialized_end=100
   _globals['_METERS']._serialized_start=103
   _globals['_METERS']._serialized_end=239
   _globals['_NODERECEIPT']._serialized_start=241
   _globals['_NODERECEIPT']._serialized_end=303
+  _globals['_DPBUDGET']._serialized_start=306
+  _globals['_DPBUDGET']._serialized_end=462
 # @@protoc_insertion_point(module_scope)

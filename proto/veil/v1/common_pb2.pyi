@@ -54,3 +54,23 @@ class NodeReceipt(_message.Message):
     node: str
     receipt: Receipt
     def __init__(self, node: _Optional[str] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ...) -> None: ...
+
+class DpBudget(_message.Message):
+    __slots__ = ("dataset", "measure", "total", "spent", "remaining", "period_start", "period_end", "max_per_run")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    MEASURE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_RUN_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    measure: str
+    total: str
+    spent: str
+    remaining: str
+    period_start: str
+    period_end: str
+    max_per_run: str
+    def __init__(self, dataset: _Optional[str] = ..., measure: _Optional[str] = ..., total: _Optional[str] = ..., spent: _Optional[str] = ..., remaining: _Optional[str] = ..., period_start: _Optional[str] = ..., period_end: _Optional[str] = ..., max_per_run: _Optional[str] = ...) -> None: ...

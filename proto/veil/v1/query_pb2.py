@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from veil.v1 import common_pb2 as veil_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13veil/v1/query.proto\x12\x07veil.v1\x1a\x14veil/v1/common.proto\"!\n\x0fRunQueryRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"i\n\x0cResultColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07\x64oubles\x18\x03 \x03(\x01\x12\x0c\n\x04ints\x18\x04 \x03(\x12\x12\x0f\n\x07strings\x18\x05 \x03(\t\x12\r\n\x05nulls\x18\x06 \x03(\x08\"\xb0\x01\n\x0bQueryResult\x12&\n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x15.veil.v1.ResultColumn\x12\x0c\n\x04rows\x18\x02 \x01(\x04\x12\x19\n\x11suppressed_groups\x18\x03 \x01(\x04\x12\x1f\n\x06meters\x18\x04 \x01(\x0b\x32\x0f.veil.v1.Meters\x12\x15\n\rresult_sha256\x18\x05 \x01(\t\x12\x18\n\x10\x64\x61taset_versions\x18\x06 \x03(\t2J\n\x0cQueryService\x12:\n\x08RunQuery\x12\x18.veil.v1.RunQueryRequest\x1a\x14.veil.v1.QueryResultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13veil/v1/query.proto\x12\x07veil.v1\x1a\x14veil/v1/common.proto\"!\n\x0fRunQueryRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"i\n\x0cResultColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07\x64oubles\x18\x03 \x03(\x01\x12\x0c\n\x04ints\x18\x04 \x03(\x12\x12\x0f\n\x07strings\x18\x05 \x03(\t\x12\r\n\x05nulls\x18\x06 \x03(\x08\"\xf3\x01\n\x0bQueryResult\x12&\n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x15.veil.v1.ResultColumn\x12\x0c\n\x04rows\x18\x02 \x01(\x04\x12\x19\n\x11suppressed_groups\x18\x03 \x01(\x04\x12\x1f\n\x06meters\x18\x04 \x01(\x0b\x32\x0f.veil.v1.Meters\x12\x15\n\rresult_sha256\x18\x05 \x01(\t\x12\x18\n\x10\x64\x61taset_versions\x18\x06 \x03(\t\x12\x1e\n\x02\x64p\x18\x07 \x03(\x0b\x32\x12.veil.v1.DpRelease\x12!\n\x06\x62udget\x18\x08 \x01(\x0b\x32\x11.veil.v1.DpBudget\"\x8e\x01\n\tDpRelease\x12\x13\n\x0bmeasurement\x18\x01 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x02 \x03(\t\x12\x11\n\tmechanism\x18\x03 \x01(\t\x12\x0f\n\x07measure\x18\x04 \x01(\t\x12\r\n\x05spent\x18\x05 \x01(\t\x12\r\n\x05scale\x18\x06 \x01(\x01\x12\x0b\n\x03std\x18\x07 \x01(\x01\x12\x0c\n\x04\x63i95\x18\x08 \x01(\x01\x32J\n\x0cQueryService\x12:\n\x08RunQuery\x12\x18.veil.v1.RunQueryRequest\x1a\x14.veil.v1.QueryResultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,7 +37,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESULTCOLUMN']._serialized_start=89
   _globals['_RESULTCOLUMN']._serialized_end=194
   _globals['_QUERYRESULT']._serialized_start=197
-  _globals['_QUERYRESULT']._serialized_end=373
-  _globals['_QUERYSERVICE']._serialized_start=375
-  _globals['_QUERYSERVICE']._serialized_end=449
+  _globals['_QUERYRESULT']._serialized_end=440
+  _globals['_DPRELEASE']._serialized_start=443
+  _globals['_DPRELEASE']._serialized_end=585
+  _globals['_QUERYSERVICE']._serialized_start=587
+  _globals['_QUERYSERVICE']._serialized_end=661
 # @@protoc_insertion_point(module_scope)

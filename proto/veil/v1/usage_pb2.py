@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from veil.v1 import common_pb2 as veil_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13veil/v1/usage.proto\x12\x07veil.v1\x1a\x14veil/v1/common.proto\"J\n\x13GetStatementRequest\x12\x0f\n\x07\x61nalyst\x18\x01 \x01(\t\x12\x11\n\tfrom_time\x18\x02 \x01(\t\x12\x0f\n\x07to_time\x18\x03 \x01(\t\"\x81\x01\n\rStatementLine\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x1f\n\x06meters\x18\x05 \x01(\x0b\x32\x0f.veil.v1.Meters\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\"r\n\tStatement\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61nalyst\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12%\n\x05lines\x18\x04 \x03(\x0b\x32\x16.veil.v1.StatementLine\x12\r\n\x05total\x18\x05 \x01(\t2P\n\x0cUsageService\x12@\n\x0cGetStatement\x12\x1c.veil.v1.GetStatementRequest\x1a\x12.veil.v1.Statementb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13veil/v1/usage.proto\x12\x07veil.v1\x1a\x14veil/v1/common.proto\"J\n\x13GetStatementRequest\x12\x0f\n\x07\x61nalyst\x18\x01 \x01(\t\x12\x11\n\tfrom_time\x18\x02 \x01(\t\x12\x0f\n\x07to_time\x18\x03 \x01(\t\"\xbb\x01\n\rStatementLine\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x1f\n\x06meters\x18\x05 \x01(\x0b\x32\x0f.veil.v1.Meters\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\x12\x12\n\ndp_dataset\x18\x07 \x01(\t\x12\x12\n\ndp_measure\x18\x08 \x01(\t\x12\x10\n\x08\x64p_spent\x18\t \x01(\t\"\x96\x01\n\tStatement\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61nalyst\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12%\n\x05lines\x18\x04 \x03(\x0b\x32\x16.veil.v1.StatementLine\x12\r\n\x05total\x18\x05 \x01(\t\x12\"\n\x07\x62udgets\x18\x06 \x03(\x0b\x32\x11.veil.v1.DpBudget2P\n\x0cUsageService\x12@\n\x0cGetStatement\x12\x1c.veil.v1.GetStatementRequest\x1a\x12.veil.v1.Statementb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATEMENTREQUEST']._serialized_start=54
   _globals['_GETSTATEMENTREQUEST']._serialized_end=128
   _globals['_STATEMENTLINE']._serialized_start=131
-  _globals['_STATEMENTLINE']._serialized_end=260
-  _globals['_STATEMENT']._serialized_start=262
-  _globals['_STATEMENT']._serialized_end=376
-  _globals['_USAGESERVICE']._serialized_start=378
-  _globals['_USAGESERVICE']._serialized_end=458
+  _globals['_STATEMENTLINE']._serialized_end=318
+  _globals['_STATEMENT']._serialized_start=321
+  _globals['_STATEMENT']._serialized_end=471
+  _globals['_USAGESERVICE']._serialized_start=473
+  _globals['_USAGESERVICE']._serialized_end=553
 # @@protoc_insertion_point(module_scope)

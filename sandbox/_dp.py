@@ -501,8 +501,6 @@ def _bounds(spec: DpSpec, column: str) -> tuple[Decimal, Decimal]:
         raise QueryRejected(construct, f"must be finite numbers, got [{lo}, {hi}]")
     if lo > hi:
         raise QueryRejected(construct, f"are inverted: lo {lo} is greater than hi {hi}")
-    if max(abs(lo), abs(hi)).scaleb(spec.scale) < 1:  # lo = hi = 0 (more digits fail below)
-        raise QueryRejected(construct, f"[{lo}, {hi}] make every value 0: declare a wider range")
     for b in (lo, hi):
         scaled = b.scaleb(spec.scale)
         if scaled != scaled.to_integral_value():
@@ -517,6 +515,8 @@ def _bounds(spec: DpSpec, column: str) -> tuple[Decimal, Decimal]:
                 f"are too large: |{b}| * 10**{spec.scale} is more than {MAX_SCALED_BOUND:.0e}, "
                 "so sums could overflow; narrow the bounds or lower dp.scale",
             )
+    if max(abs(lo), abs(hi)) == 0:  # the sum would have sensitivity 0
+        raise QueryRejected(construct, f"[{lo}, {hi}] make every value 0: declare a wider range")
     return lo, hi
 
 

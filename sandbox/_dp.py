@@ -515,6 +515,8 @@ def _bounds(spec: DpSpec, column: str) -> tuple[Decimal, Decimal]:
                 f"are too large: |{b}| * 10**{spec.scale} is more than {MAX_SCALED_BOUND:.0e}, "
                 "so sums could overflow; narrow the bounds or lower dp.scale",
             )
+    if max(abs(lo), abs(hi)) == 0:  # the sum would have sensitivity 0
+        raise QueryRejected(construct, f"[{lo}, {hi}] make every value 0: declare a wider range")
     return lo, hi
 
 

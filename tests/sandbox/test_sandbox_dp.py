@@ -201,6 +201,8 @@ REFUSED = [
      "dp.bounds for salary are inverted: lo 5 is greater than hi 1"),
     ("SELECT region, sum(salary) FROM visits GROUP BY region",
      {"bounds": {"salary": ("0", "10.5")}}, "more decimal digits than dp.scale = 0"),
+    ("SELECT region, sum(salary) FROM visits GROUP BY region",
+     {"bounds": {"salary": ("0", "-0.0")}}, r"\[0, -0.0\] make every value 0"),
     ("SELECT region, sum(amount) FROM visits GROUP BY region",
      {"bounds": {"amount": ("0", "0.125")}, "scale": 2}, "more decimal digits than dp.scale = 2"),
     ("SELECT region, sum(amount) FROM visits GROUP BY region",

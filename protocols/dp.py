@@ -72,6 +72,9 @@ I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 MAX_SCALE = 2.0**56
 #: budgets and shares are kept to this many decimal places
 PLACES = 12
+#: the largest budget (ε or ρ) accepted: far past any meaningful guarantee, and within the
+#: range where OpenDP's zCDP to (ε, δ) conversion stays finite (it overflows near ρ = 1e5)
+MAX_BUDGET = Decimal(1000)
 #: a shared scale is accepted when the theorem's ρ, times 1 + this, is still within the spend
 #: (it covers the relative rounding error of the few float operations of _sum_rho)
 SUM_MARGIN = 1e-9
@@ -81,17 +84,23 @@ _VECTOR = dp.vector_domain(dp.atom_domain(T="i64"))
 
 class DpError(ProtocolInputError):
     """A differential privacy parameter or input that cannot be used: an unknown measure, a
-    spend that is not a positive Decimal, a sensitivity below 1, a value or a noisy value
-    outside 64-bit integers."""
+    budget that is not a Decimal in (0, 1000], a δ outside [1e-300, 1), a sensitivity below 1,
+    a scale the noise would not fit in 64-bit integers, a value or a noisy value outside
+    64-bit integers, a malformed noise record."""
 
 
 @dataclass(frozen=True)
 class Noise:
     """One calibrated noise distribution: what the node draws from, and what it charges.
 
-    ``spend`` is the privacy loss charged for one release at this scale: what was asked of
-    :func:`calibrate` (or :func:`shared`), which OpenDP's privacy map (or, for shared noise,
-    the theorem on sums of discrete Gaussians) at ``sensitivity`` does not exceed.
+    ``mechanism`` is "laplace" or "gaussian" (both discrete, over the integers) and goes with
+    ``measure`` "epsilon" or "rho" (:data:`MECHANISM`); ``scale`` is OpenDP's scale parameter
+    and ``sensitivity`` the L1 (Laplace) or L2 (Gaussian) sensitivity, both in the integer
+    units of the values. ``spend`` is the privacy loss charged for one release at this scale:
+    what was asked of :func:`calibrate` (or :func:`shared`), which OpenDP's privacy map (or,
+    for shared noise, the theorem on sums of discrete Gaussians) at ``sensitivity`` does not
+    exceed. Every field is checked on construction, so a record read back by
+    :meth:`from_dict` is as valid as one made by :func:`calibrate`.
     """
 
     mechanism: str
@@ -149,15 +158,16 @@ class Noise:
     @classmethod
     def from_dict(cls, d: Mapping[str, str]) -> Noise:
         try:
-            return cls(mechanism=d["mechanism"], measure=d["measure"],
-                       scale=float(d["scale"]), sensitivity=int(d["sensitivity"]),
-                       spend=Decimal(d["spend"]))
+            mechanism, measure = d["mechanism"], d["measure"]
+            scale, sensitivity = float(d["scale"]), int(d["sensitivity"])
+            spend = Decimal(d["spend"])
         except KeyError as missing:
             raise DpError(f"noise record lacks {missing}: expected mechanism, measure, "
                           "scale, sensitivity and spend") from None
         except (ValueError, ArithmeticError, TypeError):
             raise DpError("noise record has a scale, sensitivity or spend that does not "
                           "parse as a number") from None
+        return cls(mechanism, measure, scale, sensitivity, spend)
 
 
 def calibrate(measure: str, spend: Decimal, sensitivity: int) -> Noise:
@@ -254,7 +264,9 @@ def rho_for(epsilon: Decimal, delta: Decimal) -> Decimal:
 
 def epsilon_at(rho: Decimal, delta: Decimal) -> float:
     """The ε such that ρ-zCDP implies (ε, δ)-DP, by OpenDP's conversion; for display."""
-    _check_positive("rho", rho)
+    if _check_positive("rho", rho) < Decimal(f"1e-{PLACES}"):
+        raise DpError(f"rho must be at least 1e-{PLACES} (budgets are kept to {PLACES} "
+                      f"places), got {rho}")
     _check_delta(delta)
     return _epsilon_over(rho, delta)
 
@@ -373,12 +385,15 @@ def _check_positive(name: str, value: object) -> Decimal:
                       f"got {type(value).__name__}")
     if not value.is_finite() or value <= 0:
         raise DpError(f"{name} must be a finite Decimal > 0, got {value}")
+    if value > MAX_BUDGET:
+        raise DpError(f"{name} must be at most {MAX_BUDGET}, got {value}: no privacy is left "
+                      "to account for beyond that")
     return value
 
 
 def _check_delta(delta: object) -> None:
-    if _check_positive("delta", delta) >= 1:
-        raise DpError(f"delta must be below 1, got {delta}")
+    if not Decimal("1e-300") <= _check_positive("delta", delta) < 1:
+        raise DpError(f"delta must be in [1e-300, 1), got {delta}")
 
 
 def _check_sensitivity(sensitivity: object) -> None:

@@ -36,7 +36,9 @@ protected like the data itself.
 Composition: ε adds up over releases (basic composition), ρ adds up over releases (zCDP
 composition), so a budget is spent by subtraction and :func:`split` shares it out. A budget
 stated as (ε, δ) is turned into ρ once with :func:`rho_for`: all Gaussian releases add up in
-ρ, and the total implies (ε, δ)-DP by the conversion of CKS20 that OpenDP implements.
+ρ, and the total implies (ε, δ)-DP by the conversion of CKS20 that OpenDP implements. A
+pure ε release may be charged to a ρ budget as ε²/2 (ε-DP implies (ε²/2)-zCDP, Bun & Steinke
+2016), never the other way round.
 
 Distributed noise (a federated sum under secure aggregation): see :func:`shared`.
 
@@ -61,7 +63,7 @@ from veil.protocols.errors import ProtocolInputError
 __all__ = ["MEASURES", "MECHANISM", "DpError", "Noise", "calibrate", "draw", "epsilon_at",
            "release", "rho_for", "shared", "split"]
 
-dp.enable_features("contrib")
+dp.enable_features("contrib")  # OpenDP gates its measurements behind this process-wide flag
 
 #: pure ε-DP (discrete Laplace) | ρ-zCDP (discrete Gaussian)
 MEASURES = ("epsilon", "rho")

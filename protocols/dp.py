@@ -36,7 +36,9 @@ protected like the data itself.
 Composition: ε adds up over releases (basic composition), ρ adds up over releases (zCDP
 composition), so a budget is spent by subtraction and :func:`split` shares it out. A budget
 stated as (ε, δ) is turned into ρ once with :func:`rho_for`: all Gaussian releases add up in
-ρ, and the total implies (ε, δ)-DP by the conversion of CKS20 that OpenDP implements.
+ρ, and the total implies (ε, δ)-DP by the conversion of CKS20 that OpenDP implements. A
+pure ε release may be charged to a ρ budget as ε²/2 (ε-DP implies (ε²/2)-zCDP, Bun & Steinke
+2016), never the other way round.
 
 Distributed noise (a federated sum under secure aggregation): see :func:`shared`.
 
@@ -61,7 +63,7 @@ from veil.protocols.errors import ProtocolInputError
 __all__ = ["MEASURES", "MECHANISM", "DpError", "Noise", "calibrate", "draw", "epsilon_at",
            "release", "rho_for", "shared", "split"]
 
-dp.enable_features("contrib")
+dp.enable_features("contrib")  # OpenDP gates its measurements behind this process-wide flag
 
 #: pure ε-DP (discrete Laplace) | ρ-zCDP (discrete Gaussian)
 MEASURES = ("epsilon", "rho")
@@ -72,6 +74,9 @@ I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 MAX_SCALE = 2.0**56
 #: budgets and shares are kept to this many decimal places
 PLACES = 12
+#: the largest budget (ε or ρ) accepted: far past any meaningful guarantee, and within the
+#: range where OpenDP's zCDP to (ε, δ) conversion stays finite (it overflows near ρ = 1e5)
+MAX_BUDGET = Decimal(1000)
 #: a shared scale is accepted when the theorem's ρ, times 1 + this, is still within the spend
 #: (it covers the relative rounding error of the few float operations of _sum_rho)
 SUM_MARGIN = 1e-9
@@ -81,17 +86,23 @@ _VECTOR = dp.vector_domain(dp.atom_domain(T="i64"))
 
 class DpError(ProtocolInputError):
     """A differential privacy parameter or input that cannot be used: an unknown measure, a
-    spend that is not a positive Decimal, a sensitivity below 1, a value or a noisy value
-    outside 64-bit integers."""
+    budget that is not a Decimal in (0, 1000], a δ outside [1e-300, 1), a sensitivity below 1,
+    a scale the noise would not fit in 64-bit integers, a value or a noisy value outside
+    64-bit integers, a malformed noise record."""
 
 
 @dataclass(frozen=True)
 class Noise:
     """One calibrated noise distribution: what the node draws from, and what it charges.
 
-    ``spend`` is the privacy loss charged for one release at this scale: what was asked of
-    :func:`calibrate` (or :func:`shared`), which OpenDP's privacy map (or, for shared noise,
-    the theorem on sums of discrete Gaussians) at ``sensitivity`` does not exceed.
+    ``mechanism`` is "laplace" or "gaussian" (both discrete, over the integers) and goes with
+    ``measure`` "epsilon" or "rho" (:data:`MECHANISM`); ``scale`` is OpenDP's scale parameter
+    and ``sensitivity`` the L1 (Laplace) or L2 (Gaussian) sensitivity, both in the integer
+    units of the values. ``spend`` is the privacy loss charged for one release at this scale:
+    what was asked of :func:`calibrate` (or :func:`shared`), which OpenDP's privacy map (or,
+    for shared noise, the theorem on sums of discrete Gaussians) at ``sensitivity`` does not
+    exceed. Every field is checked on construction, so a record read back by
+    :meth:`from_dict` is as valid as one made by :func:`calibrate`.
     """
 
     mechanism: str
@@ -149,15 +160,16 @@ class Noise:
     @classmethod
     def from_dict(cls, d: Mapping[str, str]) -> Noise:
         try:
-            return cls(mechanism=d["mechanism"], measure=d["measure"],
-                       scale=float(d["scale"]), sensitivity=int(d["sensitivity"]),
-                       spend=Decimal(d["spend"]))
+            mechanism, measure = d["mechanism"], d["measure"]
+            scale, sensitivity = float(d["scale"]), int(d["sensitivity"])
+            spend = Decimal(d["spend"])
         except KeyError as missing:
             raise DpError(f"noise record lacks {missing}: expected mechanism, measure, "
                           "scale, sensitivity and spend") from None
         except (ValueError, ArithmeticError, TypeError):
             raise DpError("noise record has a scale, sensitivity or spend that does not "
                           "parse as a number") from None
+        return cls(mechanism, measure, scale, sensitivity, spend)
 
 
 def calibrate(measure: str, spend: Decimal, sensitivity: int) -> Noise:
@@ -254,7 +266,9 @@ def rho_for(epsilon: Decimal, delta: Decimal) -> Decimal:
 
 def epsilon_at(rho: Decimal, delta: Decimal) -> float:
     """The ε such that ρ-zCDP implies (ε, δ)-DP, by OpenDP's conversion; for display."""
-    _check_positive("rho", rho)
+    if _check_positive("rho", rho) < Decimal(f"1e-{PLACES}"):
+        raise DpError(f"rho must be at least 1e-{PLACES} (budgets are kept to {PLACES} "
+                      f"places), got {rho}")
     _check_delta(delta)
     return _epsilon_over(rho, delta)
 
@@ -266,22 +280,28 @@ def shared(measure: str, spend: Decimal, sensitivity: int, nodes: int) -> Noise:
 
     The sum of n discrete Gaussians of scale σ is not a discrete Gaussian. Kairouz, Liu &
     Steinke 2021 ("The Distributed Discrete Gaussian Mechanism for Federated Learning with
-    Secure Aggregation", ICML, arXiv:2102.06387, Theorem 1) bound it: for σ >= 1/2 and an
-    integer shift Δ of one coordinate, the Rényi divergence of order α between the sum and
-    the sum shifted by Δ is at most α·ε²/2, with
-    ε = min(sqrt(Δ²/(nσ²) + τ/2), |Δ|/(sqrt(n)·σ) + τ), τ = 10·Σ_{k=1}^{n-1} e^(-2π²σ²k/(k+1)).
-    A release of several values has independent noise per coordinate, so the divergences
-    add up over the coordinates that move (one that does not move adds nothing). With
-    integer moves Δ_j and sum of Δ_j² at most Δ² (the L2 sensitivity), at most Δ² coordinates
-    move and the sum of |Δ_j| is at most Δ², so the release is ρ-zCDP with
-    ρ = Δ²/2 · (1/(nσ²) + min(τ/2, 2τ/(sqrt(n)·σ) + τ²)):
-    the theorem's bound for one coordinate, whatever the number of values (for Δ = 1 it is
-    the theorem's ρ = ε²/2 exactly). The scale returned is the smallest float σ >= 1/2 for
-    which this ρ, with a margin of 1e-9 for rounding, is at most ``spend``.
+    Secure Aggregation", ICML, arXiv:2102.06387) bound how far it is from one. For one
+    coordinate shifted by an integer Δ, with l = |Δ|/(sqrt(n)·σ) and
+    τ = 10·Σ_{k=1}^{n-1} e^(-2π²σ²k/(k+1)), Theorem 1 (for σ >= 1/2) gives ρ-zCDP with
+    ρ = ε²/2, ε = min(sqrt(l² + τ/2), l + τ); Proposition 14, as the authors' accounting code
+    (google-research/federated, distributed_dp/accounting_utils.py) evaluates it, bounds the
+    Rényi divergence of order α by min(α·l²/2 + τ, α·(l + τ)²/2), hence ρ = min(l²/2 + τ,
+    (l + τ)²/2). The two agree but in the first term (τ against τ/4); this module takes the
+    larger, so the bound stands on either statement (it costs noise only when σ is near 1/2;
+    the second term is the smaller one whenever sqrt(n)·σ > 1).
+
+    A release of several values has independent noise per coordinate, so the divergences add
+    up over the coordinates that move, and one that does not move adds nothing. With integer
+    moves Δ_j whose squares sum to at most Δ² (the L2 sensitivity), at most Δ² coordinates
+    move and the |Δ_j| sum to at most Δ², so the release is ρ-zCDP with
+    ρ = Δ²/2 · (1/(nσ²) + min(2τ, 2τ/(sqrt(n)·σ) + τ²)),
+    whatever the number of values (for Δ = 1, the one-coordinate bound above). The scale
+    returned is the smallest float σ >= 1/2 at which this ρ, with a margin of 1e-9 for
+    rounding, is at most ``spend``.
 
     Whom this protects against: someone who sees the total and no share of the noise (the
     analyst under secure aggregation). A node knows its own draws; if t nodes pool theirs
-    with the analyst, the total keeps the guarantee of n - t nodes. ``std`` and ``accuracy``
+    with the analyst, the total keeps only the bound with n - t in place of n. ``std`` and ``accuracy``
     of the result describe one node's draw; the total's standard deviation is sqrt(n) times
     it. With one node this is :func:`calibrate`.
 
@@ -323,7 +343,7 @@ def _sum_rho(sigma: float, sensitivity: int, nodes: int) -> float:
     ``sigma``, at L2 sensitivity ``sensitivity`` (see :func:`shared`)."""
     tau = 10 * sum(math.exp(-2 * math.pi**2 * sigma**2 * k / (k + 1)) for k in range(1, nodes))
     root = math.sqrt(nodes) * sigma
-    return sensitivity**2 / 2 * (1 / root**2 + min(tau / 2, 2 * tau / root + tau**2))
+    return sensitivity**2 / 2 * (1 / root**2 + min(2 * tau, 2 * tau / root + tau**2))
 
 
 def _smallest(fits: Callable[[float], bool], scale: float) -> float:
@@ -373,12 +393,15 @@ def _check_positive(name: str, value: object) -> Decimal:
                       f"got {type(value).__name__}")
     if not value.is_finite() or value <= 0:
         raise DpError(f"{name} must be a finite Decimal > 0, got {value}")
+    if value > MAX_BUDGET:
+        raise DpError(f"{name} must be at most {MAX_BUDGET}, got {value}: no privacy is left "
+                      "to account for beyond that")
     return value
 
 
 def _check_delta(delta: object) -> None:
-    if _check_positive("delta", delta) >= 1:
-        raise DpError(f"delta must be below 1, got {delta}")
+    if not Decimal("1e-300") <= _check_positive("delta", delta) < 1:
+        raise DpError(f"delta must be in [1e-300, 1), got {delta}")
 
 
 def _check_sensitivity(sensitivity: object) -> None:

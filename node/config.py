@@ -285,7 +285,7 @@ def _policy(r: _Reader, doc: Mapping[str, Any]) -> NodePolicy:
     )
 
 
-_DP_KEYS = ("require_datasets", "require_min_level", "budget")
+_DP_KEYS = ("require_datasets", "require_min_level", "require_kinds", "budget")
 _BUDGET_KEYS = ("datasets", "analysts", "epsilon", "delta", "rho", "max_per_run", "renew")
 
 
@@ -313,7 +313,11 @@ def _dp_policy(r: _Reader, p: Mapping[str, Any]) -> DpPolicy:
             budgets.append(_budget(r, entry, key))
         except InvalidInput as exc:
             raise r.error(key, str(exc)) from None
-    return DpPolicy(tuple(require), level, tuple(budgets))
+    from veil.node.jobs import DP_KINDS
+
+    kinds = r.strings(t, "policy.dp.require_kinds", _choice(DP_KINDS),
+                      f"one of {', '.join(DP_KINDS)}", DP_KINDS)
+    return DpPolicy(tuple(require), level, tuple(budgets), tuple(kinds))
 
 
 def _budget(r: _Reader, entry: Mapping[str, Any], key: str) -> BudgetRule:
@@ -490,6 +494,20 @@ masked_columns = {{}}               # "dataset.column" = "phone" | "email": valu
 # max_quota = {{ runs = 1000, rows_scanned = 100000000, items = 10000000 }}
                                   # optional caps on any job's quota (runs, rows_scanned, items);
                                   # a job asking for more is refused, an unset meter is capped
+
+# Differential privacy (optional). Give analysts a budget per dataset; a query or sum job with
+# a [dp] table then releases noisy figures and spends from it, and the budget is enforced in
+# the log. Make DP compulsory by dataset or by the level of the columns a job touches:
+# [policy.dp]
+# require_min_level = "sensitive"   # every query and sum touching a sensitive column
+# require_datasets = ["customers"]  # every query and sum on these datasets (globs)
+# require_kinds = ["query"]         # the kinds required to (default: query and sum)
+# [[policy.dp.budget]]
+# datasets = ["*"]                  # globs; the first matching rule applies
+# analysts = ["*"]                  # globs; each analyst has a budget of their own
+# epsilon = "3"                     # or rho = "1" (zCDP), or epsilon with delta = "1e-6"
+# max_per_run = "1"                 # the most one run may spend
+# renew = "30d"                     # d, h, m or s; omit for a budget that never renews
 
 # Approval rules. Column levels: {levels} (core columns are never used).
 # Every job needs the operator's approval; each rule that matches a job adds its roles.

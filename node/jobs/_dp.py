@@ -19,6 +19,7 @@ analyst's budget per dataset, with an optional renewal period and a cap per run:
     [policy.dp]
     require_datasets = ["customers"]   # every query and sum job on these (globs)
     require_min_level = "sensitive"    # every query and sum job touching such a column
+    require_kinds = ["query"]          # optional: the kinds required to (default query, sum)
 
     [[policy.dp.budget]]
     datasets = ["customers"]           # globs; the first matching rule applies
@@ -40,6 +41,7 @@ reset what was spent on them.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -140,10 +142,8 @@ class DpRequest:
             return self.per_run
         if self.stated == "epsilon":
             return self.per_run * self.per_run / 2  # ε-DP ⇒ (ε²/2)-zCDP
-        from veil.protocols import dp
-
         assert self.delta is not None
-        return dp.rho_for(self.per_run, self.delta)
+        return _rho_for(self.per_run, self.delta)
 
     def spend_text(self) -> str:
         """What one run spends at each node, as an approver reads it."""
@@ -170,6 +170,14 @@ class DpRequest:
         if self.delta is not None:
             obj["delta"] = text(self.delta)
         return obj
+
+
+@functools.lru_cache(maxsize=64)
+def _rho_for(epsilon: Decimal, delta: Decimal) -> Decimal:
+    """OpenDP's (ε, δ) → ρ search takes about a quarter of a second: once per pair."""
+    from veil.protocols import dp
+
+    return dp.rho_for(epsilon, delta)
 
 
 def parse_request(table: object, where: str = "dp") -> DpRequest:
@@ -346,13 +354,21 @@ class DpPolicy:
     require_datasets: tuple[str, ...] = ()
     require_min_level: str | None = None
     budgets: tuple[BudgetRule, ...] = ()
+    #: the kinds the requirement applies to (of those that can run under DP)
+    require_kinds: tuple[str, ...] = DP_KINDS
+
+    def __post_init__(self) -> None:
+        for kind in self.require_kinds:
+            if kind not in DP_KINDS:
+                raise InvalidInput(f"policy.dp.require_kinds: {kind!r} cannot run under "
+                                   f"differential privacy (kinds that can: {', '.join(DP_KINDS)})")
 
     def required(self, kind: str, dataset: str, max_level: str) -> str | None:
         """Why a job of ``kind`` on ``dataset``, touching columns up to ``max_level``, must use
         differential privacy here (None: it need not)."""
         from veil.node.jobs._policy import level_rank
 
-        if kind not in DP_KINDS:
+        if kind not in self.require_kinds:
             return None
         for pattern in self.require_datasets:
             if fnmatchcase(dataset, pattern):

@@ -145,6 +145,9 @@ def test_policy_requires_dp_by_dataset_and_by_level() -> None:
         with pytest.raises(PolicyDenied, match="requires differential privacy .* add a \\[dp\\]"):
             check_submission(plain, "bank-a", LEVELS, "customer_id", p)
         check_submission(job(), "bank-a", LEVELS, "customer_id", p)  # with [dp]: accepted
+    # a requirement for other kinds only
+    check_submission(plain, "bank-a", LEVELS, "customer_id",
+                     policy(require_min_level="sensitive", require_kinds=("sum",)))
     # a level above every column the job touches: no requirement
     check_submission(plain, "bank-a", {**LEVELS, "amount": "internal"}, "customer_id",
                      policy(require_min_level="sensitive"))
@@ -176,12 +179,13 @@ def test_a_pure_budget_refuses_gaussian_jobs_and_a_rho_budget_takes_both() -> No
 def test_node_toml_dp_section(tmp_path: Path) -> None:
     (tmp_path / "node.toml").write_text(
         '[node]\nname = "bank-a"\n[policy.dp]\nrequire_datasets = ["customers"]\n'
-        'require_min_level = "sensitive"\n'
+        'require_min_level = "sensitive"\nrequire_kinds = ["query"]\n'
         '[[policy.dp.budget]]\nanalysts = ["alice"]\nepsilon = "3"\nmax_per_run = "1"\n'
         'renew = "30d"\n'
         '[[policy.dp.budget]]\nepsilon = 2\ndelta = 1e-6\nmax_per_run = "0.05"\n')
     p = load_config(tmp_path).policy.dp
     assert p.require_datasets == ("customers",) and p.require_min_level == "sensitive"
+    assert p.require_kinds == ("query",)
     first, second = p.budgets
     assert (first.measure, first.total, first.renew_s) == ("epsilon", Decimal(3), 30 * 86400)
     assert second.measure == "rho" and second.approx == (Decimal(2), Decimal("0.000001"))
@@ -198,6 +202,7 @@ def test_node_toml_dp_section(tmp_path: Path) -> None:
     ('[[policy.dp.budget]]\nepsilon = "1"\nmax_per_run = "1"\nrenw = "30d"\n',
      "did you mean 'renew'"),
     ('[policy.dp]\nrequire_min_level = "core"\n', "expected one of public, internal, sensitive"),
+    ('[policy.dp]\nrequire_kinds = ["psi"]\n', "expected one of query, sum"),
 ])
 def test_node_toml_dp_errors_name_the_key(tmp_path: Path, body: str, message: str) -> None:
     (tmp_path / "node.toml").write_text('[node]\nname = "bank-a"\n' + body)

@@ -303,3 +303,28 @@ def dry_run(ctx: Any, spec: JobSpec, dataset: str, measurements: Sequence[Any],
     with ctx.lock:
         left = standing(ctx.conn, rule, spec.analyst, dataset)
     return estimate_lines(spec.dp, rule, left, measurements, nodes)
+
+
+def sum_noise_lines(spec: JobSpec) -> list[str]:
+    """What the noise of a sum job's totals is, as the analyst reads it: computed from the
+    signed job alone, exactly as every node sizes its share (with the sandbox's
+    sensitivities, and the plan's split)."""
+    from veil.node.jobs import sum_params
+
+    assert spec.dp is not None
+    p, request, n = sum_params(spec.params), spec.dp, len(spec.nodes)
+    bounded = sandbox_spec(request)
+    measured = [(f"SUM({c})", sandbox.measurement_sensitivity(bounded, "sum", c),
+                 Decimal(1).scaleb(-p.scale)) for c in p.columns]
+    measured.append(("COUNT(*)", sandbox.measurement_sensitivity(bounded, "count", None),
+                     Decimal(1)))
+    noises = plan(request, [s for _, s, _ in measured], n)
+    lines = []
+    for (what, _, u), noise in zip(measured, noises):
+        share = "a share of" if noise.measure == "rho" and n > 1 else "the full"
+        total_std = noise.std() * (n ** 0.5) * float(u)
+        lines.append(f"{what}: {noise.mechanism} noise, each node adds {share} it; std of a "
+                     f"total {_fmt(Decimal(repr(total_std)))}, spent "
+                     f"{'ε' if noise.measure == 'epsilon' else 'ρ'} = {text(noise.spend)} at "
+                     "each node")
+    return lines

@@ -99,6 +99,7 @@ from veil.sandbox._dp import (
     DpSpec,
     Measurement,
     dp_result,
+    measurement_sensitivity,
     run_dp,
     validate_dp,
 )
@@ -142,4 +143,5 @@ __all__ = [
     "run_dp",
     "validate",
     "validate_dp",
+    "measurement_sensitivity",
 ]

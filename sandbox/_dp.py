@@ -220,6 +220,17 @@ class DpExact:
 # --------------------------------------------------------------------------- validation
 
 
+def measurement_sensitivity(spec: DpSpec, kind: str, column: str | None) -> int:
+    """How far one subject can move a measurement's whole vector (L1 and L2 alike), in its
+    fixed-point units: k rows for a count, k clamped values for a sum of ``column``."""
+    k = spec.max_rows_per_subject
+    if kind == "count":
+        return k
+    assert column is not None and column in spec.bounds
+    lo, hi = spec.bounds[column]
+    return k * int(max(abs(lo), abs(hi)).scaleb(spec.scale))
+
+
 def validate_dp(sql: str, table: Table, policy: Policy, limits: Limits, spec: DpSpec) -> DpQuery:
     """Check ``sql`` for the DP path against ``table``, ``policy`` and ``spec``; touch no data.
 
@@ -255,15 +266,13 @@ def validate_dp(sql: str, table: Table, policy: Policy, limits: Limits, spec: Dp
         for i, m in enumerate(measurements):
             if (m.kind, m.column) == (kind, column):
                 return i
-        k = spec.max_rows_per_subject
         if kind == "count":
-            sensitivity = k
             aggregates.append("count(*)" if column is None else f"count({quote_ident(column)})")
         else:
             assert column is not None
             lo, hi = _bounds(spec, column)
-            sensitivity = k * int(max(abs(lo), abs(hi)).scaleb(spec.scale))
             aggregates.append(f"sum({_fixed(table, column, lo, hi, spec.scale)})")
+        sensitivity = measurement_sensitivity(spec, kind, column)
         if column is not None and quote_ident(column) not in read:
             read.append(quote_ident(column))
         measurements.append(Measurement(kind, column, sensitivity))

@@ -48,9 +48,18 @@ def cmd_run_sum(args: argparse.Namespace) -> int:
                 [[r[0], *(_number(v) for v in r[1:-2]), f"{r[-2]:,}", _nodes(r[-1])]
                  for r in rows])
     nodes = len(result.receipts)
-    print(f"{len(rows)} groups summed across {nodes} nodes (run {result.run_id}); "
-          "\"withheld by\" counts the nodes that did not contribute a group (fewer subjects "
-          "than their minimum, or no rows), never which")
+    if job.dp is not None:
+        from veil.node import dp
+        from veil.node.jobs import spec_from_canonical
+
+        print(f"{len(rows)} groups summed across {nodes} nodes (run {result.run_id}), every "
+              "declared group, under differential privacy:")
+        for line in dp.sum_noise_lines(spec_from_canonical(job.canonical)):
+            print(f"  {line}")
+    else:
+        print(f"{len(rows)} groups summed across {nodes} nodes (run {result.run_id}); "
+              "\"withheld by\" counts the nodes that did not contribute a group (fewer "
+              "subjects than their minimum, or no rows), never which")
     print("receipts (verify with `veil audit prove`):")
     for r in result.receipts:
         print(f"  {r['node']}: log index {r['log_index']}, checkpoint {_checkpoint(r['checkpoint'])}")

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 ROOT = Path.cwd() / "demo-run"
 BANKS = ("bank-a", "bank-b", "bank-c")
@@ -119,6 +120,8 @@ def main() -> int:
         for node in BANKS:
             veil("node", "init", node, "--name", node, "--federation", "federation")
             config = (EXAMPLES / "node.toml").read_text().replace('"bank-a"', f'"{node}"')
+            if node == "bank-b":  # bank-b makes differential privacy compulsory (step 9)
+                config = config.replace("[policy.dp]\n", "[policy.dp]\n" + DP_REQUIRED)
             (ROOT / node / "node.toml").write_text(config)
             write_customers(ROOT / f"{node}.csv", 400, seed=BANKS.index(node))
             veil("dataset", "add", node, "customers", f"{node}.csv", "--key", "customer_id",
@@ -133,10 +136,11 @@ def main() -> int:
         veil("dataset", "list", "--node", addresses["bank-a"], "--identity", "alice")
 
         _jobs_and_queries(addresses)
+        _differential_privacy(addresses)
         _federated_sum(addresses)
         _intersections(addresses)
 
-        banner("13. [auditor audrey] verifies every node's log and keeps its checkpoint; [bank-b] "
+        banner("14. [auditor audrey] verifies every node's log and keeps its checkpoint; [bank-b] "
                "replays its parts of the sum and the intersections")
         for addr in addresses.values():
             veil("audit", "verify", "--node", addr, "--identity", "audrey", "--state", "auditor")
@@ -144,6 +148,9 @@ def main() -> int:
         veil("audit", "log", "--node", addresses["bank-a"], "--identity", "audrey",
              "--outcome", "PERMISSION_DENIED")
         veil("audit", "replay", "bank-b")
+        print("\n  (the replay re-ran bank-b's noisy queries too: the exact aggregates from the\n"
+              "  pinned snapshot plus the noise bank-b kept in its own state, never in the log)",
+              flush=True)
         print(FINISHED.format(root=ROOT), flush=True)
         return 0
     finally:
@@ -193,8 +200,88 @@ def _jobs_and_queries(addresses: dict[str, str]) -> None:
     veil("audit", "prove", "query-receipt.json", "--node", a, "--identity", "audrey")
 
 
+DP_REQUIRED = """require_min_level = "sensitive"   # bank-b: every query on a sensitive column
+require_kinds = ["query"]         # is differentially private
+"""
+
+
+def _differential_privacy(addresses: dict[str, str]) -> None:
+    b = addresses["bank-b"]
+    banner("9. [analyst alice] the differencing attack, and differential privacy at bank-b")
+    customer = _lone_masked_phone("bank-b")
+    print(f"  Two harmless-looking totals differ by exactly one customer's amount: all customers,\n"
+          f"  and all but the one whose phone shows as {customer['masked']}. No approver reliably\n"
+          "  spots such pairs among hundreds of jobs. bank-b's node.toml (written in step 2)\n"
+          "  therefore requires differential privacy for queries on sensitive columns:\n"
+          + "".join(f"    {line}\n" for line in DP_REQUIRED.splitlines()), flush=True)
+    sql = "SELECT COUNT(*) AS customers, SUM(amount) AS total FROM customers"
+    pair = {"all": sql, "all-but-one": f"{sql} WHERE phone <> '{customer['masked']}'"}
+    plain = _query_job("plain-pair-job.toml", pair["all-but-one"], ["amount", "phone"], None)
+    veil("job", "submit", plain, "--node", b, "--identity", "alice", check=False)
+
+    print("\n  With a [dp] table the same queries are accepted: each released figure carries\n"
+          "  noise calibrated to the declared bounds, and each run spends from alice's budget\n"
+          "  at bank-b (ε = 3 per 30 days, at most 1 per run: examples/node.toml).", flush=True)
+    shutil.copy(EXAMPLES / "dp-query-job.toml", ROOT / "dp-query-job.toml")
+    job_id = _submit_at(b, "dp-query-job.toml")
+    veil("job", "show", job_id, "--node", b, "--identity", "sam")
+    for role in ("olga", "sam"):
+        veil("job", "approve", job_id, "--node", b, "--identity", role, show=False)
+    print("\n  (olga and sam approve it at bank-b)", flush=True)
+    veil("query", job_id, "--node", b, "--identity", "alice")
+
+    dp = "epsilon = 0.5\nmax_rows_per_subject = 1\nbounds = { amount = [0, 5000] }\n"
+    totals = {}
+    for name, text in pair.items():
+        job = _submit_at(b, _query_job(f"dp-{name}-job.toml", text, ["amount", "phone"], dp),
+                         show=False)
+        for role in ("olga", "sam"):
+            veil("job", "approve", job, "--node", b, "--identity", role, show=False)
+        r = veil("query", job, "--node", b, "--identity", "alice", "--format", "json",
+                 show=name == "all-but-one")
+        doc = json.loads(r.stdout)
+        totals[name] = doc["rows"][0][1]
+        std = next(d["std"] for d in doc["dp"] if d["measurement"] == "SUM(amount)")
+    print(f"\n  check: the noisy totals differ by {totals['all'] - totals['all-but-one']:,}; the "
+          f"customer's amount is {customer['amount']:,}.\n"
+          f"  Each total carries Laplace noise with a standard deviation of {std:,.0f} (bound 5,000\n"
+          "  over ε = 0.5 split across the query's two figures): the pair tells nothing useful\n"
+          "  about one customer, and every run of it spends budget, so repeating it to average\n"
+          "  the noise away runs out at bank-b's limit.", flush=True)
+    veil("usage", "--node", b, "--identity", "alice")
+
+
+def _lone_masked_phone(bank: str) -> dict[str, Any]:
+    """A customer of ``bank`` whose masked phone (138****1234) no other customer shares."""
+    with (ROOT / f"{bank}.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    masked = [r["phone"][:3] + "****" + r["phone"][-4:] for r in rows]
+    for row, m in zip(rows, masked):
+        if masked.count(m) == 1:
+            return {"masked": m, "amount": int(row["amount"])}
+    raise AssertionError("no customer with a unique masked phone")
+
+
+def _query_job(name: str, sql: str, columns: list[str], dp: str | None) -> str:
+    """A query job at bank-b (with a [dp] table when ``dp`` is given), written to ``name``."""
+    text = (f'purpose = "Total spend at bank-b"\nkind = "query"\nexpires = "30d"\n'
+            f'[quota]\nruns = 2\n[[nodes]]\nname = "bank-b"\ndataset = "customers"\n'
+            f'columns = {json.dumps(columns)}\n[params]\nsql = "{sql}"\n')
+    if dp is not None:
+        text += f"[dp]\n{dp}"
+    (ROOT / name).write_text(text)
+    return name
+
+
+def _submit_at(address: str, job_file: str, show: bool = True) -> str:
+    r = veil("job", "submit", job_file, "--node", address, "--identity", "alice", show=show)
+    job = re.search(r"job ([0-9a-f]{32})", r.stdout)
+    assert job is not None
+    return job.group(1)
+
+
 def _federated_sum(addresses: dict[str, str]) -> None:
-    banner("9. [analyst alice] asks all three banks for total amounts per region, in one signed job")
+    banner("10. [analyst alice] asks all three banks for total amounts per region, in one signed job")
     print("  The analyst's Paillier key is named in the job, so every approval binds it; the\n"
           "  private key never leaves the analyst's machine (2048 bits here for speed; the\n"
           "  default is 3072).", flush=True)
@@ -209,7 +296,7 @@ def _federated_sum(addresses: dict[str, str]) -> None:
     assert job is not None
     job_id = job.group(1)
 
-    banner("10. [each bank's approvers] decide on their own part; the sum runs once all have")
+    banner("11. [each bank's approvers] decide on their own part; the sum runs once all have")
     for role in ("olga", "sam"):
         veil("job", "approve", job_id, "--node", addresses["bank-a"], "--identity", role,
              show=role == "olga")
@@ -230,7 +317,7 @@ def _federated_sum(addresses: dict[str, str]) -> None:
 
 
 def _intersections(addresses: dict[str, str]) -> None:
-    banner("11. [analyst alice] asks bank-a and bank-b how many customers they share (PSI)")
+    banner("12. [analyst alice] asks bank-a and bank-b how many customers they share (PSI)")
     print("  Each bank hashes its customers' phone numbers (normalized to digits: \"138 1234 5678\"\n"
           "  and \"13812345678\" match) to curve points, blinds them with a secret of this run and\n"
           "  sends them; the other bank blinds them again. Only doubly blinded points are\n"
@@ -245,7 +332,7 @@ def _intersections(addresses: dict[str, str]) -> None:
     print(f"\n  check: {len(shared)} phone numbers are in both CSV files (only this demo can read\n"
           "  both); that is the count alice got.", flush=True)
 
-    banner("12. [analyst alice] the total amount bank-b's shared customers spent (intersection sum)")
+    banner("13. [analyst alice] the total amount bank-b's shared customers spent (intersection sum)")
     print("  bank-b sends each blinded point with its amount, encrypted under alice's Paillier\n"
           "  key; bank-a adds the encrypted amounts of the matching points without being able to\n"
           "  read them; only alice decrypts, and only the total.", flush=True)

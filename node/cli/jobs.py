@@ -144,6 +144,10 @@ def cmd_job_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _figure(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def _spent(dp: dict[str, str] | None) -> str:
     if not dp:
         return ""
@@ -225,7 +229,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     print_table(("measurement", "columns", "mechanism", "spent", "noise scale", "±95%"),
                 [(d["measurement"], ", ".join(d["columns"]), d["mechanism"],
                   f"{'ε' if d['measure'] == 'epsilon' else 'ρ'} = {d['spent']}",
-                  f"{d['scale']:,.4g}", f"{d['ci95']:,.4g}") for d in result.dp])
+                  _figure(d["scale"]), _figure(d["ci95"])) for d in result.dp])
     b = result.budget
     if b:
         unit = "ε" if b["measure"] == "epsilon" else "ρ"

@@ -376,6 +376,11 @@ class Estimate:
 
 def reveals(spec: JobSpec, *, min_group_size: int) -> str:
     """One sentence on what the output of a job discloses."""
+    if spec.dp is not None:
+        what = "COUNT, SUM and AVG" if spec.kind == "query" else "totals and row counts"
+        return (f"{what} of every declared group, each with differentially private noise "
+                "(none suppressed or withheld); what one subject can change is bounded by the "
+                "budget each run spends")
     if spec.kind == "query":
         return f"aggregates over groups of ≥ {min_group_size} subjects; suppressed groups counted"
     if spec.kind == "sum":

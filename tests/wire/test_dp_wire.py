@@ -114,6 +114,8 @@ def test_a_dp_query_releases_every_declared_group_noised_and_spends_the_budget(
     assert "each run spends ε = 0.25 (pure ε-DP, discrete Laplace noise)" in lines
     assert "budget left for alice on customers: ε = 1 (4 runs of 0.25)" in lines
     assert "expected error per run (95%): COUNT(*) ±" in lines and "SUM(amount) ±" in lines
+    assert "every declared group, each with differentially private noise (none suppressed" \
+        in lines and "groups of ≥ 10 subjects" not in lines
     job_id = submitted.id
     if people["olga"].approve(job_id).state != "approved":
         people["sam"].approve(job_id)

@@ -270,13 +270,14 @@ def _columns_of(dq: Any, m: int) -> list[str]:
     return [o.name for o in dq.outputs if o.kind != "key" and m in o.refs]
 
 
-def log_details(rule: BudgetRule, cost: Decimal, request: DpRequest, dq: Any,
+def log_details(rule: BudgetRule, cost: Decimal, dq: Any,
                 noises: Sequence[mech.Noise]) -> dict[str, Any]:
     """What the log keeps of a release: the budget spent and how each measurement was
-    noised (mechanism, scale, share), never the noise itself."""
+    noised (mechanism, scale, share), never the noise itself. Its size is bounded by the
+    query's select list, not by the job (whose declared categories may run to thousands:
+    the job is in the node's state, by the id the entry names)."""
     return {
         "budget": {"measure": rule.measure, "spent": text(cost)},
-        "stated": request.to_obj(),
         "releases": [{"measurement": label(m), **n.to_dict()}
                      for m, n in zip(dq.measurements, noises)],
     }

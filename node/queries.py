@@ -127,15 +127,22 @@ def run_dp(q: QueryInputs, lim: sandbox.Limits, spec: sandbox.DpSpec,
         return workers.run_dp(q.sql, q.table, q.policy, lim, spec)
 
 
-def dp_result(dq: sandbox.DpQuery, exact: sandbox.DpExact,
-              draws: Sequence[Sequence[int]]) -> sandbox.QueryResult:
-    """The released result: the exact aggregates plus their noise, post-processed."""
+def dp_result(dq: sandbox.DpQuery, exact: sandbox.DpExact, draws: Sequence[Sequence[int]],
+              lim: sandbox.Limits) -> sandbox.QueryResult:
+    """The released result: the exact aggregates plus their noise, post-processed, within
+    the node's result size (refused before the log entry, so logged as refused)."""
     if len(draws) != len(exact.values) or any(
             len(d) != len(v) for d, v in zip(draws, exact.values)):
         raise InvalidInput("dp: the noise does not match the query's measurements")
     noisy = [[x + n for x, n in zip(v, d)] for v, d in zip(exact.values, draws)]
     with _as_veil_errors("stopped"):
-        return sandbox.dp_result(dq, noisy, exact.meters)
+        result = sandbox.dp_result(dq, noisy, exact.meters)
+    if result.meters.bytes_out > lim.max_result_bytes:
+        raise ResourceLimit(
+            f"query stopped: the result is {result.meters.bytes_out:,} bytes, more than the "
+            f"limit of {lim.max_result_bytes:,} bytes; declare fewer categories"
+        )
+    return result
 
 
 def meters(result: sandbox.QueryResult) -> Meters:

@@ -79,9 +79,9 @@ def _run_dp(ctx: NodeContext, q: queries.QueryInputs, call: Call, grant: Grant) 
     exact = queries.run_dp(q, config.limits, dspec, ctx.workers)
     noises = dp.plan(spec.dp, [m.sensitivity for m in dq.measurements])
     draws = [mech.draw(n, len(dq.cells)) for n in noises]
-    result = queries.dp_result(dq, exact, draws)
+    result = queries.dp_result(dq, exact, draws, config.limits)
     datasets = (grant.dataset.ref,)
-    call.details["dp"] = dp.log_details(rule, cost, spec.dp, dq, noises)
+    call.details["dp"] = dp.log_details(rule, cost, dq, noises)
     response = query_result_to_proto(result, list(datasets))
     dp.describe_release(response, dq, noises, spec.dp.scale)
 
@@ -128,7 +128,7 @@ def _replay_one(conn: sqlite3.Connection, home: NodeHome, index: int,
             dspec = dp.sandbox_spec(spec.dp)
             dq = queries.validate_dp(q, lim, dspec)
             exact = queries.run_dp(q, lim, dspec, workers)
-            digest = queries.dp_result(dq, exact, dp.noise_of(conn, index)).digest
+            digest = queries.dp_result(dq, exact, dp.noise_of(conn, index), lim).digest
         else:
             digest = queries.run(q, lim, workers).digest
     except VeilError as exc:

@@ -492,7 +492,7 @@ def _noised_local(ctx: NodeContext, grant: Grant, q: queries.QueryInputs,
     noises = dp.plan(spec.dp, [m.sensitivity for m in dq.measurements], nodes=len(spec.nodes))
     draws = [mech.draw(n, len(dq.cells)) for n in noises]
     local = _dp_local(dq, exact, draws, p, ctx.name)
-    return _Noised(local, exact.meters, dp.log_details(rule, cost, spec.dp, dq, noises),
+    return _Noised(local, exact.meters, dp.log_details(rule, cost, dq, noises),
                    dp.charge(rule, spec.analyst, name, cost, dp.pack_noise(draws)))
 
 

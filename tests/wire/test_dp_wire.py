@@ -280,3 +280,21 @@ def test_replay_reproduces_every_release_from_the_kept_noise(people, node) -> No
         conn.close()
     r = run_cli("audit", "replay", str(home.path))
     assert r.returncode != 0 and "1 mismatched" in r.stdout and str(index) in r.stdout
+
+
+def test_thousands_of_declared_categories_keep_the_log_entry_small(people, node) -> None:  # type: ignore[no-untyped-def]
+    """The declared categories are the job's (in the node's state), not the entry's: a job
+    declaring 3,000 groups logs a release of the same size as one declaring four."""
+    home, _ = node
+    many = json.dumps(["north", "south", "east"] + [f"region-{i:04d}" for i in range(2997)])
+    dp = ('epsilon = 0.25\nmax_rows_per_subject = 1\nbounds = { amount = [0, 10000] }\n'
+          f'categories = {{ region = {many} }}')
+    r = people["alice"].query(approved(people, job(dp=dp)))
+    assert r.rows == 3000 and r.arrays["region"].tolist()[:3] == ["north", "south", "east"]
+    conn = state.connect(home.state_path, readonly=True)
+    try:
+        entry = conn.execute("SELECT entry FROM log_entries WHERE idx = ?",
+                             (people["alice"].last_receipt.log_index,)).fetchone()[0]
+    finally:
+        conn.close()
+    assert json.loads(entry)["status"] == "OK" and len(entry) < 4000

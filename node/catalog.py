@@ -301,7 +301,23 @@ def stage_derived(conn: sqlite3.Connection, signing_key: Signer, *, node: str, n
     version = 1 if latest is None else latest.version + 1
     _, body, _, insert = _version_row(signing_key, node, name, version, snap, source.columns,
                                       source.key_column)
-    return Staged(version, _sha256(body), insert)
+    origin = privacy_unit(conn, source.name)
+
+    def effect(tx: sqlite3.Connection, index: int) -> None:
+        insert(tx, index)
+        tx.execute("INSERT OR IGNORE INTO dataset_sources(name, source) VALUES (?, ?)",
+                   (name, origin))
+
+    return Staged(version, _sha256(body), effect)
+
+
+def privacy_unit(conn: sqlite3.Connection, name: str) -> str:
+    """The dataset whose people ``name`` describes: itself, or for a dataset derived from
+    another (a PSI membership result), the one it was first derived from. A differential-
+    privacy budget is kept per privacy unit, so that a subset of the same customers under a
+    new name does not come with a fresh budget."""
+    row = conn.execute("SELECT source FROM dataset_sources WHERE name = ?", (name,)).fetchone()
+    return name if row is None else str(row[0])
 
 
 def _sha256(data: bytes) -> str:

@@ -90,9 +90,14 @@ def standing(conn: sqlite3.Connection, rule: BudgetRule, analyst: str, dataset: 
 
 def standings(conn: sqlite3.Connection, policy: DpPolicy, analyst: str,
               datasets: Sequence[str]) -> list[Standing]:
-    """The analyst's budget on each of ``datasets`` that has one, now."""
+    """The analyst's budget on each of ``datasets`` that has one, now (a derived dataset
+    spends from its source's, which is listed instead)."""
+    from veil.node import catalog
+
     out = []
     for name in datasets:
+        if catalog.privacy_unit(conn, name) != name:
+            continue
         rule = policy.budget_for(name, analyst)
         if rule is not None:
             out.append(standing(conn, rule, analyst, name))
@@ -164,6 +169,31 @@ def budget_rule(spec: JobSpec, dataset: str, policy: DpPolicy) -> tuple[BudgetRu
     assert spec.dp is not None
     rule = check_request(spec.dp, spec.kind, dataset, spec.analyst, policy)
     return rule, rule.cost(spec.dp)
+
+
+@dataclass(frozen=True)
+class Funded:
+    """A DP run admitted at a node: the budget rule it spends from, what one run costs,
+    and the dataset whose budget pays (the privacy unit: see ``catalog.privacy_unit``)."""
+
+    rule: BudgetRule
+    cost: Decimal
+    unit: str
+
+    def charge(self, analyst: str, noise: bytes, on_charged: Any = None) -> Effect:
+        return charge(self.rule, analyst, self.unit, self.cost, noise, on_charged)
+
+
+def admit(ctx: Any, spec: JobSpec, dataset: str) -> Funded:
+    """Before any data is read: the node's policy *now* funds this run of ``spec`` on
+    ``dataset``, and the analyst's budget has enough left; otherwise the precise refusal."""
+    from veil.node import catalog
+
+    rule, cost = budget_rule(spec, dataset, ctx.home.config.policy.dp)
+    with ctx.lock:
+        unit = catalog.privacy_unit(ctx.conn, dataset)
+        check(ctx.conn, rule, spec.analyst, unit, cost)
+    return Funded(rule, cost, unit)
 
 
 def sandbox_spec(request: DpRequest) -> sandbox.DpSpec:
@@ -301,8 +331,10 @@ def dry_run(ctx: Any, spec: JobSpec, dataset: str, measurements: Sequence[Any],
         rule, _cost = budget_rule(spec, dataset, ctx.home.config.policy.dp)
     except VeilError as exc:
         return [f"differential privacy: {exc}"]
+    from veil.node import catalog
+
     with ctx.lock:
-        left = standing(ctx.conn, rule, spec.analyst, dataset)
+        left = standing(ctx.conn, rule, spec.analyst, catalog.privacy_unit(ctx.conn, dataset))
     return estimate_lines(spec.dp, rule, left, measurements, nodes)
 
 

@@ -27,6 +27,12 @@ CREATE TABLE IF NOT EXISTS dp_spent (
     spent        TEXT NOT NULL,   -- exact decimal
     PRIMARY KEY (analyst, dataset, measure, period_start)
 );
+-- A dataset derived from another (a PSI membership result) and the dataset whose people it
+-- describes (the first one, resolved when the derived one is made): budgets are kept there.
+CREATE TABLE IF NOT EXISTS dataset_sources (
+    name   TEXT PRIMARY KEY,
+    source TEXT NOT NULL
+);
 -- Each release's per-call spend, by log index (the statement cites these).
 CREATE TABLE IF NOT EXISTS dp_releases (
     log_index    INTEGER PRIMARY KEY,

@@ -69,11 +69,9 @@ def _run_dp(ctx: NodeContext, q: queries.QueryInputs, call: Call, grant: Grant) 
     """A differentially private run: refuse early when the budget cannot pay for it, compute
     the bounded exact aggregates in a sandbox worker, add OpenDP's noise here, and release
     only the noisy result; the budget is spent by the log entry's own transaction."""
-    spec, config, name = grant.spec, ctx.home.config, grant.dataset.name
+    spec, config = grant.spec, ctx.home.config
     assert spec.dp is not None
-    rule, cost = dp.budget_rule(spec, name, config.policy.dp)
-    with ctx.lock:
-        dp.check(ctx.conn, rule, spec.analyst, name, cost)
+    funded = dp.admit(ctx, spec, grant.dataset.name)
     dspec = dp.sandbox_spec(spec.dp)
     dq = queries.validate_dp(q, config.limits, dspec)
     exact = queries.run_dp(q, config.limits, dspec, ctx.workers)
@@ -81,7 +79,7 @@ def _run_dp(ctx: NodeContext, q: queries.QueryInputs, call: Call, grant: Grant) 
     draws = [mech.draw(n, len(dq.cells)) for n in noises]
     result = queries.dp_result(dq, exact, draws, config.limits)
     datasets = (grant.dataset.ref,)
-    call.details["dp"] = dp.log_details(rule, cost, dq, noises)
+    call.details["dp"] = dp.log_details(funded.rule, funded.cost, dq, noises)
     response = query_result_to_proto(result, list(datasets))
     dp.describe_release(response, dq, noises, spec.dp.scale)
 
@@ -93,7 +91,7 @@ def _run_dp(ctx: NodeContext, q: queries.QueryInputs, call: Call, grant: Grant) 
         meters=queries.meters(result),
         datasets=datasets,
         digest=result.digest,
-        effect=dp.charge(rule, spec.analyst, name, cost, dp.pack_noise(draws), charged),
+        effect=funded.charge(spec.analyst, dp.pack_noise(draws), charged),
     )
 
 

@@ -481,19 +481,17 @@ def _noised_local(ctx: NodeContext, grant: Grant, q: queries.QueryInputs,
     sum of discrete Laplace draws has no shared form), so each node's data keeps ε against
     any coalition, at √n times the total's error.
     """
-    spec, config, name = grant.spec, ctx.home.config, grant.dataset.name
+    spec, config = grant.spec, ctx.home.config
     assert spec.dp is not None
-    rule, cost = dp.budget_rule(spec, name, config.policy.dp)
-    with ctx.lock:
-        dp.check(ctx.conn, rule, spec.analyst, name, cost)
+    funded = dp.admit(ctx, spec, grant.dataset.name)
     dspec, lim = _dp_spec(spec, p), _limits(config, p)
     dq = queries.validate_dp(q, lim, dspec)
     exact = queries.run_dp(q, lim, dspec, ctx.workers)
     noises = dp.plan(spec.dp, [m.sensitivity for m in dq.measurements], nodes=len(spec.nodes))
     draws = [mech.draw(n, len(dq.cells)) for n in noises]
     local = _dp_local(dq, exact, draws, p, ctx.name)
-    return _Noised(local, exact.meters, dp.log_details(rule, cost, dq, noises),
-                   dp.charge(rule, spec.analyst, name, cost, dp.pack_noise(draws)))
+    return _Noised(local, exact.meters, dp.log_details(funded.rule, funded.cost, dq, noises),
+                   funded.charge(spec.analyst, dp.pack_noise(draws)))
 
 
 def _dp_local(dq: Any, exact: Any, draws: Sequence[Sequence[int]], p: SumParams,

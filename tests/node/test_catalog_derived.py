@@ -66,3 +66,33 @@ def test_a_derived_version_may_not_lower_a_level_of_the_existing_dataset(
     finally:
         log.close()
         conn.close()
+
+
+def test_a_derived_dataset_spends_its_sources_privacy_budget(
+    federation: Federation, tmp_path: Path
+) -> None:
+    """A subset of the same customers under a new name is not a fresh budget: its privacy
+    unit is its source's, through any chain of derivations, and only the source's budget is
+    listed."""
+    from decimal import Decimal
+
+    from veil.node import dp
+    from veil.node.jobs import BudgetRule, DpPolicy
+
+    home, conn, log = _registered(federation, tmp_path, {"region": "public"})
+    try:
+        source = catalog.current(conn, "customers")
+        for name, parent in (("shared", source), ("shared_again", None)):
+            parent = parent or catalog.current(conn, "shared")
+            snap = snapshot.subset(parent.snapshot_path(home.snapshots), [0, 1], home.snapshots)
+            staged = catalog.stage_derived(conn, home.identity, node="bank-a", name=name,
+                                           snap=snap, source=parent)
+            log.append({"kind": "event", "event": "test.psi"}, effect=staged.effect)
+        assert [catalog.privacy_unit(conn, n) for n in ("customers", "shared", "shared_again")] \
+            == ["customers"] * 3
+        policy = DpPolicy(budgets=(BudgetRule("epsilon", Decimal(1), Decimal(1)),))
+        listed = dp.standings(conn, policy, "alice", ["customers", "shared", "shared_again"])
+        assert [s.dataset for s in listed] == ["customers"]
+    finally:
+        log.close()
+        conn.close()

@@ -104,6 +104,25 @@ class _Reader:
                 )
         return value
 
+    def array_of_tables(self, doc: Mapping[str, Any], key: str,
+                        allowed: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+        """The ``[[key]]`` tables at ``key`` (none when absent) with their names for
+        messages (``policy.approval[0]``), refusing keys not in ``allowed``."""
+        entries = doc.get(key.rpartition(".")[2], [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise self.error(key, f"expected [[{key}]] tables")
+        out = []
+        for i, entry in enumerate(entries):
+            where = f"{key}[{i}]"
+            for k in entry:
+                if k not in allowed:
+                    close = difflib.get_close_matches(k, allowed, n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    raise self.error(f"{where}.{k}",
+                                     f"unknown key (allowed: {', '.join(allowed)}){hint}")
+            out.append((where, entry))
+        return out
+
     def integer(self, table: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
         value = table.get(key.rpartition(".")[2], default)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -297,18 +316,8 @@ def _dp_policy(r: _Reader, p: Mapping[str, Any]) -> DpPolicy:
     if level is not None and level not in LEVELS[:-1]:
         raise r.error("policy.dp.require_min_level",
                       f"expected one of {', '.join(LEVELS[:-1])}, got {_describe(level)}")
-    entries = t.get("budget", [])
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise r.error("policy.dp.budget", "expected [[policy.dp.budget]] tables")
     budgets = []
-    for i, entry in enumerate(entries):
-        key = f"policy.dp.budget[{i}]"
-        for k in entry:
-            if k not in _BUDGET_KEYS:
-                close = difflib.get_close_matches(k, _BUDGET_KEYS, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise r.error(f"{key}.{k}",
-                              f"unknown key (allowed: {', '.join(_BUDGET_KEYS)}){hint}")
+    for key, entry in r.array_of_tables(t, "policy.dp.budget", _BUDGET_KEYS):
         try:
             budgets.append(_budget(r, entry, key))
         except InvalidInput as exc:
@@ -369,17 +378,8 @@ def _max_quota(r: _Reader, p: Mapping[str, Any]) -> Quota | None:
 
 
 def _rules(r: _Reader, p: Mapping[str, Any]) -> tuple[ApprovalRule, ...]:
-    entries = p.get("approval", [])
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise r.error("policy.approval", "expected [[policy.approval]] tables")
     rules = []
-    for i, entry in enumerate(entries):
-        key = f"policy.approval[{i}]"
-        for k in entry:
-            if k not in _RULE_KEYS:
-                close = difflib.get_close_matches(k, _RULE_KEYS, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise r.error(f"{key}.{k}", f"unknown key (allowed: {', '.join(_RULE_KEYS)}){hint}")
+    for key, entry in r.array_of_tables(p, "policy.approval", _RULE_KEYS):
         if "roles" not in entry:
             raise r.error(f"{key}.roles", "required: the roles whose approval the rule adds")
         roles = r.strings(entry, f"{key}.roles", ROLE, 'role names like "operator"')

@@ -19,7 +19,14 @@ from veil.node import keys, state
 from veil.node.client import Client, submit_everywhere
 from veil.node.errors import VeilError
 from tests.conftest import Federation, run_cli
-from tests.wire.test_sum_wire import INDUSTRIES, LEVELS, loans, random_rows, submit_and_approve
+from tests.wire.test_sum_wire import (
+    INDUSTRIES,
+    LEVELS,
+    loans,
+    random_rows,
+    submit_and_approve,
+    sum_job,
+)
 
 POLICY = """
 [policy.dp]
@@ -39,24 +46,7 @@ bounds = { exposure = [-5000, 20000] }
 
 
 def job(members, key_dir: Path, dp: str = DP) -> str:  # type: ignore[no-untyped-def]
-    nodes = "".join(
-        f'[[nodes]]\nname = "{m.name}"\naddress = "{m.address}"\ndataset = "loans"\n'
-        f'columns = ["exposure", "industry"]\n' for m in members.values())
-    return f'''purpose = "Total exposure per industry across banks, differentially private"
-kind = "sum"
-expires = "1d"
-[quota]
-runs = 3
-{nodes}
-[params]
-aggregator = "bank-a"
-columns = ["exposure"]
-group_by = "industry"
-categories = {json.dumps(INDUSTRIES)}
-scale = 2
-bound = "100000000"
-paillier_key = "{key_dir / keys.PUBLIC_FILE}"
-{dp}'''
+    return sum_job(members, key_dir, extra=dp)
 
 
 @pytest.fixture

@@ -79,8 +79,10 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -99,6 +101,9 @@ QUERY = "SELECT region, COUNT(*), SUM(amount), AVG(amount) FROM {t} GROUP BY reg
 REGIONS = tuple(f"region_{i:02d}" for i in range(20))
 TARGET = 1.1
 EPSILONS = ("0.1", "0.5", "1", "2")
+#: the two subject keys measured: name -> (key column, max_rows_per_subject)
+VARIANTS = {"fast path: key row_id, k = 1": ("row_id", 1),
+            "capping path: key customer_id, k = 5": ("customer_id", 5)}
 
 
 def main(argv: list[str]) -> int:
@@ -124,7 +129,9 @@ def main(argv: list[str]) -> int:
     policy = sandbox.Policy(min_group_size=10)
     workers = sandbox.Workers(1)
     try:
-        released = _cost(path, workers, policy, limits, args.repeat, args.threads)
+        with tempfile.TemporaryDirectory() as root, _node(Path(root), path) as node_calls:
+            released = _cost(path, workers, policy, limits, args.repeat, args.threads,
+                             node_calls)
     finally:
         workers.close()
     _accuracy(*released, args.trials)
@@ -168,13 +175,12 @@ def _release(q: queries.QueryInputs, limits: sandbox.Limits, req: DpRequest,
 
 
 def _cost(path: Path, workers: sandbox.Workers, policy: sandbox.Policy, limits: sandbox.Limits,
-          repeat: int, threads: int) -> tuple[sandbox.DpQuery, sandbox.DpExact, int]:
+          repeat: int, threads: int, node_calls: dict[str, Callable[[], object]]
+          ) -> tuple[sandbox.DpQuery, sandbox.DpExact, int]:
     sql = QUERY.format(t="t")
     raw_sql = QUERY.format(t=f"read_parquet('{path}')")
     con = duckdb.connect(config={"threads": threads})
     con.execute(f"CREATE VIEW t AS SELECT * FROM read_parquet('{path}')")
-    variants = {"fast path: key row_id, k = 1": ("row_id", 1),
-                "capping path: key customer_id, k = 5": ("customer_id", 5)}
 
     def fetch(statement: str) -> object:
         return con.execute(statement).fetchall()
@@ -182,7 +188,7 @@ def _cost(path: Path, workers: sandbox.Workers, policy: sandbox.Policy, limits: 
     sides: dict[str, Callable[[], object]] = {"raw": partial(fetch, raw_sql)}
     parts: dict[str, dict[str, float]] = {}
     inputs = {}
-    for name, (key, k) in variants.items():
+    for name, (key, k) in VARIANTS.items():
         q = queries.QueryInputs(sql, _table(path, key), policy)
         req = request(k, epsilon="1")
         inputs[name] = q, req
@@ -191,6 +197,7 @@ def _cost(path: Path, workers: sandbox.Workers, policy: sandbox.Policy, limits: 
         statement = _statement(queries.validate_dp(q, limits, dp.sandbox_spec(req)), k > 1)
         sides[f"statement {name}"] = partial(fetch, statement)
         sides[f"dp {name}"] = partial(_release, q, limits, req, workers, parts[name])
+    sides.update(node_calls)
     for fn in sides.values():
         fn()  # warm-up: each snapshot's subject statistics, the remembered validations
     for p in parts.values():
@@ -204,7 +211,7 @@ def _cost(path: Path, workers: sandbox.Workers, policy: sandbox.Policy, limits: 
     raw = med["raw"]
     rows: list[list[object]] = [["raw DuckDB, open connection", raw * 1000, 1.0, ""]]
     ratios = {}
-    for name in variants:
+    for name in VARIANTS:
         plain, noisy = med[f"plain {name}"], med[f"dp {name}"]
         ratios[name] = noisy / plain
         rows.append([f"veil, no DP, {name}", plain * 1000, plain / raw, ""])
@@ -214,15 +221,20 @@ def _cost(path: Path, workers: sandbox.Workers, policy: sandbox.Policy, limits: 
                      alone / raw, ""])
         for part, total in parts[name].items():
             rows.append([f"  of which {part} (mean)", total / repeat * 1000, "", ""])
+        node_plain, node_dp = med[f"node plain {name}"], med[f"node dp {name}"]
+        rows.append(["  a real node, no DP (gRPC, log entry)", node_plain * 1000,
+                     node_plain / raw, ""])
+        rows.append(["  a real node, DP (gRPC, log entry, budget)", node_dp * 1000,
+                     node_dp / raw, node_dp / node_plain])
     table(["side (median of interleaved runs)", "ms", "vs raw", "DP / no DP"], rows)
 
     # the exact aggregates the accuracy table starts from: the capping path's, as released
-    q, req = inputs[list(variants)[1]]
+    q, req = inputs[list(VARIANTS)[1]]
     spec = dp.sandbox_spec(req)
     dq = queries.validate_dp(q, limits, spec)
     exact = queries.run_dp(q, limits, spec, workers)
     assert exact.capped, "the customer_id variant should need capping at k = 5"
-    fast_q, fast_req = inputs[list(variants)[0]]
+    fast_q, fast_req = inputs[list(VARIANTS)[0]]
     fast = queries.run_dp(fast_q, limits, dp.sandbox_spec(fast_req), workers)
     assert not fast.capped, "one row per subject should need no capping at k = 1"
     raw_counts = dict(con.execute(f"SELECT region, count(*) FROM read_parquet('{path}') "
@@ -230,6 +242,10 @@ def _cost(path: Path, workers: sandbox.Workers, policy: sandbox.Policy, limits: 
     expected = [raw_counts.get(r, 0) for r in REGIONS]
     assert list(fast.values[0]) == expected, "the fast path's exact COUNT(*) is not DuckDB's"
     assert sum(exact.values[0]) < sum(expected), "capping at k = 5 left every row in"
+    for name in VARIANTS:  # the node released noisy values and charged the budget
+        with_dp, without = node_calls[f"node dp {name}"](), node_calls[f"node plain {name}"]()
+        assert getattr(with_dp, "budget", None) and len(getattr(with_dp, "dp", ())) == 3, name
+        assert not getattr(without, "dp", ()), name
     con.close()
     for name, r in ratios.items():
         verdict(f"DP / no DP, {name}", r, TARGET, higher_is_better=False)
@@ -285,6 +301,84 @@ def _accuracy(dq: sandbox.DpQuery, exact: sandbox.DpExact, cell: int, trials: in
 
 def _sci(x: float) -> str:
     return f"{x:.3e}"
+
+
+# --------------------------------------------------------------------------- a real node
+
+
+NODE_LIMITS = (("memory_limit_mb = 1024", "memory_limit_mb = 4096"),
+               ("timeout_s = 30 ", "timeout_s = 600 "))
+BUDGET = """
+[policy.dp]
+
+[[policy.dp.budget]]
+epsilon = "100000"
+max_per_run = "1"
+"""
+JOB = """purpose = "dp_query benchmark"
+kind = "query"
+expires = "1d"
+[quota]
+runs = 100000
+[[nodes]]
+name = "bank"
+dataset = "{dataset}"
+columns = ["region", "amount"]
+[params]
+sql = "{sql}"
+"""
+
+
+@contextmanager
+def _node(root: Path, path: Path) -> Iterator[dict[str, Callable[[], object]]]:
+    """One node on loopback serving ``path`` as one dataset per subject key, with a plain and a
+    DP job per variant, approved; yields a call per job (``Client.query``: gRPC with mTLS, the
+    grant, the sandbox worker, the noise, the log entry with its budget charge)."""
+    from veil.node import catalog, pki
+    from veil.node.client import Client
+    from veil.node.home import init_node
+    from veil.node.server import start
+
+    fed = root / "fed"
+    pki.init_federation(fed, "bench")
+    home = init_node(root / "bank", "bank", federation_dir=fed)
+    toml = home.config_path.read_text()
+    for old, new in NODE_LIMITS:
+        toml = toml.replace(old, new)
+    home.config_path.write_text(toml + BUDGET)
+    conn, log = home.connect(), home.open_log()
+    try:
+        for key, _ in VARIANTS.values():
+            catalog.register(conn, log, home.identity, home.snapshots, node="bank",
+                             name=f"by_{key}", source=path, key_column=key,
+                             levels={"region": "internal"})
+    finally:
+        log.close()
+        conn.close()
+    for role, name in (("analyst", "alice"), ("operator", "olga"),
+                       ("subject-representative", "sam")):
+        pki.issue(fed, role, name, root / name)
+    node = start(home.path, "127.0.0.1:0")
+    try:
+        with (Client(node.address, root / "alice") as alice,
+              Client(node.address, root / "olga") as olga,
+              Client(node.address, root / "sam") as sam):
+            calls: dict[str, Callable[[], object]] = {}
+            for name, (key, k) in VARIANTS.items():
+                plain = JOB.format(dataset=f"by_{key}", sql=QUERY.format(t=f"by_{key}"))
+                regions = ", ".join(f'"{r}"' for r in REGIONS)
+                dp_table = (f"[dp]\nepsilon = 1\nmax_rows_per_subject = {k}\nscale = 2\n"
+                            f"bounds = {{ amount = [0, 1000] }}\n"
+                            f"categories = {{ region = [{regions}] }}\n")
+                for side, text in ((f"node plain {name}", plain),
+                                   (f"node dp {name}", plain + dp_table)):
+                    job = alice.submit_job(text)
+                    olga.approve(job.id)
+                    sam.approve(job.id)
+                    calls[side] = partial(alice.query, job.id)
+            yield calls
+    finally:
+        node.stop(grace=1)
 
 
 # --------------------------------------------------------------------------- data

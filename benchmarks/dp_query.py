@@ -13,9 +13,10 @@ aggregates, then in the node ``plan`` (calibration against OpenDP's privacy map)
 key: ``row_id`` (one row per subject, k = 1: the fast path, the plain aggregate) and
 ``customer_id`` (``--rows`` / 10 customers, about 10 rows each, k = 5: every subject's rows
 beyond 5 are left out by a window over the key, the capping path). The sides are interleaved,
-``--repeat`` times, medians shown; raw DuckDB on the same query is the reference row. Not
-in these rows: a real node's gRPC, log entry and budget charge (``query_latency`` measures a node's path; the
-DP path adds one ledger transaction inside the entry the plain path writes anyway).
+``--repeat`` times, medians shown; raw DuckDB on the same query is the reference row. The
+same two pairs also run through a real node on loopback, in this process (``Client.query``
+on approved jobs: gRPC with mTLS, the gate and grant, the worker, the noise, the durable log
+entry and, under DP, the budget charge in its transaction), interleaved with the rest.
 
 Accuracy. The exact bounded aggregates of one region are computed once; then ``--trials``
 releases are drawn with the node's code (``plan`` + ``draw`` + ``dp_result``) at
@@ -25,25 +26,32 @@ is printed next to the theory: std/N, std/S with ``Noise.std()``, and for AVG th
 sqrt((σ_S/S)² + (σ_N/N)²) (the AVG's count is COUNT(amount), its own measurement). The run's ε
 is split over the three measurements (COUNT(*), SUM(amount), COUNT(amount)), ε/3 each.
 
-Measured on this 2-core machine, quiet, 10,000,000 rows, 5 repeats, 2000 trials, two runs:
+Measured on this 2-core machine, 10,000,000 rows, 5 repeats, 2000 trials, two runs (the
+first with some load from elsewhere: its raw DuckDB row took 83 ms instead of 62-66):
 
-- fast path (k = 1): plain 68 / 67 ms (1.03 / 1.02x raw DuckDB at 66 ms), DP 137 / 138 ms:
-  DP / no DP = 2.00 / 2.06. Target 1.1 NOT MET.
-- capping path (k = 5): plain 66 / 67 ms, DP 1,523 / 1,537 ms: DP / no DP = 23.0 / 23.1.
-  NOT MET, and not within reach of this statement (below).
-- accuracy: measured / theory between 0.955 and 1.038 (first run) and 0.963 and 1.048
-  (second) over all 24 rows (4 ε and 4 ρ, COUNT, SUM, AVG); the RMS of 2000 draws estimates
-  the std to about ±2.5% (Laplace) and ±1.6% (Gaussian), so the noise is what ``Noise.std()``
-  says. At ε = 1 over a region of 499,667 rows (k = 5, sensitivity 5 for a count and 5 x
-  100,000 cents for the sum, ε/3 each) COUNT is off by 4.2e-5 relative, SUM by 8.5e-5,
-  AVG by 9.5e-5; at ε = 0.1 by ten times that.
+- fast path (k = 1), worker: plain 81 / 72 ms, DP 143 / 142 ms: DP / no DP = 1.78 / 1.98;
+  through the node: plain 86 / 73 ms, DP 140 / 133 ms: 1.64 / 1.81. Target 1.1 NOT MET.
+  (Two earlier quiet runs of the worker pair, without the node rows: 2.00 and 2.06.)
+- capping path (k = 5), worker: plain 74 / 68 ms, DP 1,532 / 1,495 ms: 20.6 / 21.9; through
+  the node: 84 / 70 ms against 1,799 / 1,436 ms: 21.4 / 20.5. NOT MET, and out of reach of
+  this statement (below).
+- The node's rows are within run-to-run noise of the worker's (from -60 to +270 ms on the
+  capping path, -9 to +5 ms on the fast one): gRPC, the log entry and the budget transaction
+  inside it cost a few ms, the same with and without DP but for that transaction.
+- accuracy: measured / theory between 0.965 and 1.035 (first run) and 0.983 and 1.074
+  (second) over all 24 rows (4 ε and 4 ρ, COUNT, SUM, AVG); earlier runs 0.955-1.038 and
+  0.963-1.048. The RMS of 2000 draws estimates the std to about ±2.5% (Laplace, kurtosis 6)
+  and ±1.6% (Gaussian), so one row in 24 at 3σ (the 1.074, COUNT at ε = 0.5) is chance and
+  the noise is what ``Noise.std()`` says. At ε = 1 over a region of 499,667 rows (k = 5,
+  sensitivity 5 for a count and 5 x 100,000 cents for the sum, ε/3 each) COUNT is off by
+  4.2e-5 relative, SUM by 8.5e-5, AVG by 9.5e-5; at ε = 0.1 by ten times that.
 
 Where the time goes. Outside the statement nearly nothing: ``validate_dp`` 1.2-1.4 ms (its
 ``validate`` is remembered), the node's noise 3 ms (``plan`` 1.4 ms, calibrating three
 scales against OpenDP's privacy map; ``draw`` 0.8 ms for 3 x 20 values; ``dp_result`` the
 rest); the worker's IPC is what the plain path pays too. The rest is the DP path's one
-statement, which is what the "statement alone" row runs in raw DuckDB (126 / 128 ms of the
-137 / 138). Taken apart in raw DuckDB on the same file (quiet, 9 runs, medians), against the
+statement, which is what the "statement alone" row runs in raw DuckDB (141 / 125 ms of the
+143 / 142). Taken apart in raw DuckDB on the same file (quiet, 9 runs, medians), against the
 plain query at 56-61 ms:
 
 - ``SUM`` of the clamped fixed-point value, ``CAST(round(least(greatest(amount, 0.0),

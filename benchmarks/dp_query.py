@@ -94,6 +94,7 @@ from contextlib import contextmanager
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -102,7 +103,6 @@ from veil.node import dp, queries
 from veil.node.jobs import DpRequest
 from veil.node.jobs._dp import parse_request
 from veil.protocols import dp as mech
-from veil.sandbox._dp import _statement  # to time the DP path's SQL alone, in raw DuckDB
 from benchmarks._table import header, table, timed, verdict
 
 QUERY = "SELECT region, COUNT(*), SUM(amount), AVG(amount) FROM {t} GROUP BY region"
@@ -149,6 +149,20 @@ def main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- cost
 
 
+def _dp_statement(dq: Any, limits: Any) -> str:
+    """The statement ``run_dp`` runs for ``dq`` on its snapshot, with the same decisions
+    (cap, clamp, filter), for the raw-DuckDB "statement alone" row."""
+    from veil.sandbox import _dp
+    from veil.sandbox._engine import _subject_stats, session_for
+
+    with session_for(dq._core, limits) as (session, snapshot):
+        stats = _subject_stats(session, dq._core, 1, snapshot)
+        capped = stats is not None and bool(stats.top) and stats.top[0] > dq.spec.max_rows_per_subject
+        clamp = [not _dp._within_bounds(session, dq, m, snapshot) for m in dq.measurements]
+        filtered = capped or not _dp._few_groups(session, dq, snapshot)
+    return _dp._statement(dq, capped, clamp, filtered)
+
+
 def _table(path: Path, key: str) -> sandbox.Table:
     return sandbox.Table("t", str(path), (
         sandbox.Column("row_id", "BIGINT", "sensitive"),
@@ -175,7 +189,7 @@ def _release(q: queries.QueryInputs, limits: sandbox.Limits, req: DpRequest,
     t2 = time.perf_counter()
     noises = dp.plan(req, [m.sensitivity for m in dq.measurements])
     draws = [mech.draw(n, len(dq.cells)) for n in noises]
-    result = queries.dp_result(dq, exact, draws)
+    result = queries.dp_result(dq, exact, draws, limits)
     t3 = time.perf_counter()
     for name, s in (("validate_dp", t1 - t0), ("run_dp", t2 - t1), ("noise", t3 - t2)):
         parts[name] = parts.get(name, 0.0) + s
@@ -202,7 +216,7 @@ def _cost(path: Path, workers: sandbox.Workers, policy: sandbox.Policy, limits: 
         inputs[name] = q, req
         parts[name] = {}
         sides[f"plain {name}"] = partial(queries.run, q, limits, workers)
-        statement = _statement(queries.validate_dp(q, limits, dp.sandbox_spec(req)), k > 1)
+        statement = _dp_statement(queries.validate_dp(q, limits, dp.sandbox_spec(req)), limits)
         sides[f"statement {name}"] = partial(fetch, statement)
         sides[f"dp {name}"] = partial(_release, q, limits, req, workers, parts[name])
     sides.update(node_calls)
@@ -286,7 +300,7 @@ def _accuracy(dq: sandbox.DpQuery, exact: sandbox.DpExact, cell: int, trials: in
         err_n = err_s = err_a = 0.0
         for _ in range(trials):
             draws = [mech.draw(x, len(dq.cells)) for x in noises]
-            out = queries.dp_result(dq, exact, draws).arrays
+            out = queries.dp_result(dq, exact, draws, sandbox.Limits()).arrays
             err_n += (float(out[col_n][cell]) / n - 1) ** 2
             err_s += (float(out[col_s][cell]) * factor / s - 1) ** 2
             noisy_avg = out[col_a][cell]

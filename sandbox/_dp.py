@@ -203,6 +203,8 @@ class DpQuery:
     spec: DpSpec
     _core: Core = field(repr=False)  # the dataset query as validate() rewrote it
     _aggregates: tuple[str, ...] = field(repr=False)  # one SQL aggregate per measurement
+    #: the same without the clamp, for a snapshot whose values all lie within the bounds
+    _unclamped: tuple[str, ...] = field(repr=False)
     _read: tuple[str, ...] = field(repr=False)  # the columns keys and aggregates read, quoted
     _types: tuple[str, ...] = field(repr=False)  # the output column types, per output
 
@@ -260,6 +262,7 @@ def validate_dp(sql: str, table: Table, policy: Policy, limits: Limits, spec: Dp
 
     measurements: list[Measurement] = []
     aggregates: list[str] = []
+    unclamped: list[str] = []
     read = [quote_ident(k) for k in keys]
 
     def measure(kind: str, column: str | None) -> int:
@@ -268,10 +271,12 @@ def validate_dp(sql: str, table: Table, policy: Policy, limits: Limits, spec: Dp
                 return i
         if kind == "count":
             aggregates.append("count(*)" if column is None else f"count({quote_ident(column)})")
+            unclamped.append(aggregates[-1])
         else:
             assert column is not None
             lo, hi = _bounds(spec, column)
             aggregates.append(f"sum({_fixed(table, column, lo, hi, spec.scale)})")
+            unclamped.append(f"sum({_scaled(table, column, spec.scale)})")
         sensitivity = measurement_sensitivity(spec, kind, column)
         if column is not None and quote_ident(column) not in read:
             read.append(quote_ident(column))
@@ -305,6 +310,7 @@ def validate_dp(sql: str, table: Table, policy: Policy, limits: Limits, spec: Dp
         spec=spec,
         _core=checked._core,
         _aggregates=tuple(aggregates),
+        _unclamped=tuple(unclamped),
         _read=tuple(read),
         _types=tuple(output_types),
     )
@@ -558,6 +564,15 @@ def _fixed(table: Table, column: str, lo: Decimal, hi: Decimal, scale: int) -> s
     return f"CASE WHEN {ref} IS NULL THEN NULL ELSE {clamped} END"
 
 
+def _scaled(table: Table, column: str, scale: int) -> str:
+    """:func:`_fixed` without the clamp: the same integer for every value already in
+    ``[lo, hi]`` (for a snapshot whose values all are: see :func:`_within_bounds`)."""
+    ref = quote_ident(column)
+    if _column_type(table, column) in _INTEGER_TYPES and scale == 0:
+        return ref
+    return f"CAST(round({ref} * {10**scale}) AS BIGINT)"
+
+
 def _literal(d: Decimal) -> str:
     """A DECIMAL literal DuckDB reads exactly (never an exponent, which would be a DOUBLE)."""
     text = format(d, "f")
@@ -589,7 +604,9 @@ def _run_dp(query: DpQuery, limits: Limits, *, force_cap: bool) -> DpExact:
         stats = _subject_stats(session, core, 1, snapshot)
         assert stats is not None
         capped = force_cap or (stats.top[0] if stats.top else 0) > k
-        rows = session.execute(_statement(query, capped), scans_data=True)
+        clamp = [not _within_bounds(session, query, m, snapshot) for m in query.measurements]
+        filtered = capped or not _few_groups(session, query, snapshot)
+        rows = session.execute(_statement(query, capped, clamp, filtered), scans_data=True)
     width = len(query.keys)
     found = {tuple(r[:width]): r[width:] for r in rows}
     empty = (0,) * len(query.measurements)
@@ -610,17 +627,29 @@ def _run_dp(query: DpQuery, limits: Limits, *, force_cap: bool) -> DpExact:
     )
 
 
-def _statement(query: DpQuery, capped: bool) -> str:
-    """The one statement that computes every measurement over every present cell."""
+def _statement(query: DpQuery, capped: bool, clamp: Sequence[bool] | None = None,
+               filtered: bool = True) -> str:
+    """The one statement that computes every measurement over every present cell.
+
+    ``clamp[m]`` False: measurement m's column lies within its bounds everywhere in the
+    snapshot, so it is summed without the (then idle) clamp. ``filtered`` False: the snapshot
+    has few enough groups that they are all computed and the undeclared ones dropped by the
+    caller, instead of filtering every row against the declared values. Both give the same
+    values, only sooner (a few tens of ms on 10M rows each); both are facts of the immutable
+    snapshot, decided before the analyst's WHERE, so what they tell (by the query's speed)
+    is one bit each about the whole snapshot: whether some value lies outside the bounds,
+    whether a grouping column has many distinct values."""
     core = query._core
     keys = [quote_ident(k) for k in query.keys]
     conditions = [f"({core.where})"] if core.where is not None else []
-    for key, values in zip(keys, zip(*query.cells) if query.cells[0] else ()):
+    for key, values in zip(keys, zip(*query.cells) if query.cells[0] and filtered else ()):
         declared = dict.fromkeys(values)  # each value once, in declared order
         rendered = (quote_str(v) if isinstance(v, str) else str(v) for v in declared)
         conditions.append(f"{key} IN ({', '.join(rendered)})")
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    select = ", ".join([*keys, *query._aggregates])
+    clamp = [True] * len(query.measurements) if clamp is None else clamp
+    aggregates = [a if c else u for a, u, c in zip(query._aggregates, query._unclamped, clamp)]
+    select = ", ".join([*keys, *aggregates])
     group = f" GROUP BY {', '.join(keys)}" if keys else ""
     if not capped:
         return f"SELECT {select} FROM {core.from_sql}{where}{group}"
@@ -635,6 +664,54 @@ def _statement(query: DpQuery, capped: bool) -> str:
         f"SELECT {select} FROM ({kept}) AS __veil_kept "
         f"WHERE __veil_rn <= {k} OR {core.key_sql} IS NULL{group}"
     )
+
+
+#: at most this many groups (the product of the grouping columns' distinct values) are
+#: computed in full rather than filtered to the declared ones
+MAX_UNFILTERED_GROUPS = 10_000
+
+
+def _within_bounds(session: _Session, query: DpQuery, m: Measurement,
+                   snapshot: tuple[Any, ...]) -> bool:
+    """Whether every value of a sum's column in the snapshot is finite and within its bounds
+    (cached per snapshot and column: a snapshot never changes)."""
+    if m.kind != "sum" or m.column is None:
+        return True
+    ref = quote_ident(m.column)
+    cache_key = (*snapshot, "range", fold(m.column))
+    facts = _facts.get(cache_key)
+    if facts is None:
+        floating = _column_type(query.table, m.column) in _FLOAT_TYPES
+        odd = f"count(*) FILTER (WHERE isnan({ref}) OR isinf({ref}))" if floating else "0"
+        facts = tuple(session.execute(
+            f"SELECT min({ref}), max({ref}), {odd} FROM {quote_ident(query.table.name)}",
+            metered=False)[0])
+        _facts.put(cache_key, facts)
+    low, high, odd_values = facts
+    lo, hi = query.spec.bounds[m.column]
+    if low is None:  # only NULLs: nothing to clamp
+        return True
+    # Decimal(x) of a double is its exact binary value: a value a hair above ``hi`` is clamped
+    return odd_values == 0 and Decimal(low) >= lo and Decimal(high) <= hi
+
+
+def _few_groups(session: _Session, query: DpQuery, snapshot: tuple[Any, ...]) -> bool:
+    """Whether the snapshot's groups (the product of the grouping columns' distinct values,
+    NULL included) number at most MAX_UNFILTERED_GROUPS (cached per snapshot and column)."""
+    total = 1
+    for key in query.keys:
+        cache_key = (*snapshot, "distinct", fold(key))
+        n = _facts.get(cache_key)
+        if n is None:
+            ref = quote_ident(key)
+            n = int(session.execute(
+                f"SELECT count(DISTINCT {ref}) + (count(*) > count({ref}))::INT "
+                f"FROM {quote_ident(query.table.name)}", metered=False)[0][0])
+            _facts.put(cache_key, n)
+        total *= max(n, 1)
+        if total > MAX_UNFILTERED_GROUPS:
+            return False
+    return True
 
 
 def _key_ref(table: Table) -> str:

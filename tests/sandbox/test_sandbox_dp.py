@@ -500,3 +500,45 @@ def test_where_on_an_aliased_table_holds_on_both_paths(table: Table) -> None:
     north = [r for r in ROWS if r["region"] == "north" and r["age_band"] == 2]
     assert fast.values[1][0] == sum(r["salary"] is not None for r in north)
     assert [o.kind for o in query.outputs] == ["key", "avg"]
+
+
+def test_bounds_that_hold_across_the_snapshot_skip_the_clamp_with_the_same_values(
+        table: Table) -> None:
+    """A snapshot whose values all lie within the bounds is summed without the idle clamp; one
+    value outside (here the maximum, one unit above) brings the clamp back, and cuts it."""
+    from veil.sandbox._engine import session_for
+
+    salaries = [r["salary"] for r in ROWS if r["salary"] is not None]
+    lo, hi = min(salaries), max(salaries)
+    sql = "SELECT sum(salary) FROM visits"
+    loose = validate_dp(sql, table, POLICY, LIMITS, spec(k=5, bounds={"salary": (lo, hi)},
+                                                         categories={}))
+    tight = validate_dp(sql, table, POLICY, LIMITS, spec(k=5, bounds={"salary": (lo, hi - 1)},
+                                                         categories={}))
+    with session_for(loose._core, LIMITS) as (session, snapshot):
+        assert _dp._within_bounds(session, loose, loose.measurements[0], snapshot)
+        assert not _dp._within_bounds(session, tight, tight.measurements[0], snapshot)
+    assert "least(" not in _dp._statement(loose, False, [False], False)
+    assert run_dp(loose, LIMITS).values == ((sum(salaries),),)
+    assert run_dp(tight, LIMITS).values == ((sum(min(s, hi - 1) for s in salaries),),)
+    # NaN and infinities in a DOUBLE column always keep the clamp, whatever the bounds
+    wide = validate_dp("SELECT sum(amount) FROM visits", table, POLICY, LIMITS,
+                       spec(k=5, bounds={"amount": (-10**6, 10**6)}, categories={}))
+    with session_for(wide._core, LIMITS) as (session, snapshot):
+        assert not _dp._within_bounds(session, wide, wide.measurements[0], snapshot)
+
+
+def test_few_groups_are_computed_in_full_and_the_undeclared_dropped(table: Table) -> None:
+    from veil.sandbox._engine import session_for
+
+    query = validate_dp("SELECT region, count(*), sum(salary) FROM visits GROUP BY region",
+                        table, POLICY, LIMITS, spec(k=5, bounds={"salary": (0, 10**4)}))
+    with session_for(query._core, LIMITS) as (session, snapshot):
+        assert _dp._few_groups(session, query, snapshot)  # 5 regions, 'mars' among them
+        clamp = [True, True]
+        full = session.execute(_dp._statement(query, False, clamp, filtered=False))
+        kept_only = session.execute(_dp._statement(query, False, clamp, filtered=True))
+    assert {r[0] for r in full} == {*REGIONS, "mars"} and "mars" not in {r[0] for r in kept_only}
+    counts = run_dp(query, LIMITS).values[0]  # computed in full, then mapped onto the cells
+    assert counts == tuple(sum(r["region"] == cell[0] for r in ROWS) for cell in query.cells)
+    assert counts[-1] == 0  # 'atlantis', declared, has no rows

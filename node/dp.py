@@ -26,6 +26,7 @@ at one node:
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import zlib
@@ -221,9 +222,16 @@ def plan(request: DpRequest, sensitivities: Sequence[int], nodes: int = 1) -> li
         raise InvalidInput("dp: the query makes no measurement to release")
     measure, total = calibration(request)
     share = mech.split(total, len(sensitivities))
+    return [_noise(measure, share, s, nodes) for s in sensitivities]
+
+
+@functools.lru_cache(maxsize=1024)
+def _noise(measure: str, share: Decimal, sensitivity: int, nodes: int) -> mech.Noise:
+    """One calibration (a search against OpenDP's privacy map), once per job and measurement:
+    a function of its arguments only."""
     if measure == "rho":
-        return [mech.shared(measure, share, s, nodes) for s in sensitivities]
-    return [mech.calibrate(measure, share, s) for s in sensitivities]
+        return mech.shared(measure, share, sensitivity, nodes)
+    return mech.calibrate(measure, share, sensitivity)
 
 
 def pack_noise(draws: Sequence[Sequence[int]]) -> bytes:

@@ -63,6 +63,7 @@ like rows with undeclared values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 import types
@@ -237,11 +238,20 @@ def validate_dp(sql: str, table: Table, policy: Policy, limits: Limits, spec: Dp
     """Check ``sql`` for the DP path against ``table``, ``policy`` and ``spec``; touch no data.
 
     Raises what :func:`validate` raises, then QueryRejected naming each construct that the DP
-    path cannot bound and what to declare or change instead (see the module docstring)."""
+    path cannot bound and what to declare or change instead (see the module docstring). The
+    result depends only on the arguments, so the last few hundred are remembered (a node
+    validates a job at submission, at each run, and in the worker that runs it)."""
     if not isinstance(table, Table):
         raise TypeError(f"table must be a Table, got {type(table).__name__}")
     if not isinstance(spec, DpSpec):
         raise TypeError(f"spec must be a DpSpec, got {type(spec).__name__}")
+    if not isinstance(sql, str) or not isinstance(policy, Policy) or not isinstance(limits, Limits):
+        raise TypeError("sql must be a str, policy a Policy and limits a Limits")
+    return _validate_dp(sql, table, policy, limits, spec)
+
+
+@functools.lru_cache(maxsize=256)
+def _validate_dp(sql: str, table: Table, policy: Policy, limits: Limits, spec: DpSpec) -> DpQuery:
     checked = validate(sql, [table], policy, limits)  # every classification rule first
     _check_spec(spec)
     shape = find_shape(_parse.serialize(sql), [table], policy)

@@ -26,60 +26,37 @@ is printed next to the theory: std/N, std/S with ``Noise.std()``, and for AVG th
 sqrt((σ_S/S)² + (σ_N/N)²) (the AVG's count is COUNT(amount), its own measurement). The run's ε
 is split over the three measurements (COUNT(*), SUM(amount), COUNT(amount)), ε/3 each.
 
-Measured on this 2-core machine, 10,000,000 rows, 5 repeats, 2000 trials, two runs (the
-first with some load from elsewhere: its raw DuckDB row took 83 ms instead of 62-66):
+Measured on this 2-core machine, 10,000,000 rows, 5 repeats, 2000 trials, two runs each:
 
-- fast path (k = 1), worker: plain 81 / 72 ms, DP 143 / 142 ms: DP / no DP = 1.78 / 1.98;
-  through the node: plain 86 / 73 ms, DP 140 / 133 ms: 1.64 / 1.81. Target 1.1 NOT MET.
-  (Two earlier quiet runs of the worker pair, without the node rows: 2.00 and 2.06.)
-- capping path (k = 5), worker: plain 74 / 68 ms, DP 1,532 / 1,495 ms: 20.6 / 21.9; through
-  the node: 84 / 70 ms against 1,799 / 1,436 ms: 21.4 / 20.5. NOT MET, and out of reach of
-  this statement (below).
-- The node's rows are within run-to-run noise of the worker's (from -60 to +270 ms on the
-  capping path, -9 to +5 ms on the fast one): gRPC, the log entry and the budget transaction
-  inside it cost a few ms, the same with and without DP but for that transaction.
-- accuracy: measured / theory between 0.965 and 1.035 (first run) and 0.983 and 1.074
-  (second) over all 24 rows (4 ε and 4 ρ, COUNT, SUM, AVG); earlier runs 0.955-1.038 and
-  0.963-1.048. The RMS of 2000 draws estimates the std to about ±2.5% (Laplace, kurtosis 6)
-  and ±1.6% (Gaussian), so one row in 24 at 3σ (the 1.074, COUNT at ε = 0.5) is chance and
-  the noise is what ``Noise.std()`` says. At ε = 1 over a region of 499,667 rows (k = 5,
-  sensitivity 5 for a count and 5 x 100,000 cents for the sum, ε/3 each) COUNT is off by
-  4.2e-5 relative, SUM by 8.5e-5, AVG by 9.5e-5; at ε = 0.1 by ten times that.
+- fast path (k = 1; the summed values within the bounds, 20 regions), worker: DP / no DP =
+  1.080 / 1.085; through a real node (gRPC, log entry, budget charge): 0.987 / 1.008.
+  Target 1.1 MET. (Before the snapshot facts below: 1.78-2.06 worker, 1.64-1.81 node.)
+- capping path (k = 5, ~10 rows per subject), worker: 21.9 / 22.2; node: 20.2 / 22.2. NOT
+  MET: the cap is a window over every row (below).
+- accuracy: measured / theory between 0.970 and 1.018 (first run) and 0.959 and 1.028
+  (second) over all 24 rows (4 ε and 4 ρ, COUNT, SUM, AVG). The RMS of 2000 draws estimates
+  the std to about ±2.5% (Laplace, kurtosis 6) and ±1.6% (Gaussian): the noise is what
+  ``Noise.std()`` says. At ε = 1 over a region of 499,667 rows (k = 5, sensitivity 5 for a
+  count and 5 x 100,000 cents for the sum, ε/3 each) COUNT is off by 4.2e-5 relative, SUM by
+  8.5e-5, AVG by 9.5e-5; at ε = 0.1 by ten times that.
 
-Where the time goes. Outside the statement nearly nothing: ``validate_dp`` 1.2-1.4 ms (its
-``validate`` is remembered), the node's noise 3 ms (``plan`` 1.4 ms, calibrating three
-scales against OpenDP's privacy map; ``draw`` 0.8 ms for 3 x 20 values; ``dp_result`` the
-rest); the worker's IPC is what the plain path pays too. The rest is the DP path's one
-statement, which is what the "statement alone" row runs in raw DuckDB (141 / 125 ms of the
-143 / 142). Taken apart in raw DuckDB on the same file (quiet, 9 runs, medians), against the
-plain query at 56-61 ms:
-
-- ``SUM`` of the clamped fixed-point value, ``CAST(round(least(greatest(amount, 0.0),
-  1000.0) * 100) AS BIGINT)``, instead of ``SUM(amount)``: +35 ms, of which round and cast
-  +12 ms and the clamp (``least``/``greatest``) about +23 ms. The ``CASE WHEN amount IS
-  NULL`` around it and the DECIMAL literals (DuckDB casts them to DOUBLE) cost nothing
-  measurable. ``COUNT(amount)``, AVG's own count, is free.
-- ``WHERE region IN (<the 20 declared regions>)``: +26 ms, a string comparison per row.
-  Written as HAVING it costs the same: DuckDB pushes a filter on a group key below the
-  aggregate.
-
-What would bring the fast path down (in ``sandbox/_dp.py``; not done here, estimated from raw
-DuckDB variants only): on the uncapped path the IN filter is redundant, since ``_run_dp``
-already reads only the declared cells out of the grouped rows (-26 ms; a GROUP BY column
-with very many undeclared values would need a bound on the rows returned); the clamp is the
-identity when the column's minimum and maximum in the snapshot (one cached per-snapshot
-fact, like the row count ``_check_total`` reads, NaN and infinities included) lie within the
-bounds (-23 ms). What stays is the per-row round and cast to fixed point, about 1.2x the
-plain query with a DOUBLE column; 1.1 would need exact scaling, e.g. a DECIMAL column.
+Where the time goes. Outside the statement: ``validate_dp`` 0.06 ms (remembered), the node's
+noise 1.6 ms (``plan`` is remembered per job; ``draw`` 0.8 ms for 3 x 20 values; ``dp_result``
+the rest). The statement: two facts of the immutable snapshot, cached per worker process,
+make it the plain aggregate plus a per-row round and cast to fixed point (about +5 ms here):
+the summed column's minimum, maximum and non-finite count (all within the bounds: the clamp
+``least(greatest(...))``, +23 ms, is skipped as the identity it is), and the grouping
+column's distinct count (few groups: all are computed and the undeclared ones dropped after,
+instead of ``WHERE region IN (<declared>)`` on every row, +26 ms). With values outside the
+bounds the clamp comes back, about 1.4x.
 
 The capping path is the window ``row_number() OVER (PARTITION BY customer_id ORDER BY
-customer_id, region, amount)``: it sorts all 10M rows by subject (the window alone, counting
-the rows it keeps, took 1.48 s of the statement's 1.76 s in the same raw-DuckDB session).
-Leaving the key out of the ORDER BY (it is constant inside its partition) changes nothing
-measurable. This dataset is the worst case for it: nearly every one of the 1,000,000
-customers has more than k = 5 of its ~10 rows, so there is no small set of heavy subjects
-to rank apart (ranking only the rows of subjects over k, a semi-join against the
-per-subject counts the engine caches, would help where few subjects are over k, not here).
+region, amount)``, deterministic so that replay matches: in raw DuckDB on the same file the
+statement takes 1.47 s against 76 ms plain, and the window without any ORDER BY still 0.98 s
+(partitioning 10M rows by subject is the cost, not the order). This dataset is the worst case
+for it: nearly every one of the 1,000,000 customers has more than k = 5 of its ~10 rows, so
+there is no small set of heavy subjects to rank apart. A customer table (one row per
+subject), or a k at least the snapshot's largest row count per subject, takes the fast path.
 """
 
 from __future__ import annotations

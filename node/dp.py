@@ -197,6 +197,18 @@ def admit(ctx: Any, spec: JobSpec, dataset: str) -> Funded:
     return Funded(rule, cost, unit)
 
 
+def check_fundable(conn: sqlite3.Connection, spec: JobSpec, dataset: str,
+                   policy: DpPolicy) -> None:
+    """At submission: refuse a DP job whose budget can never pay for one run (it has less left
+    than a run spends and never renews). A budget that renews may pay later: the dry run says
+    how many runs it covers now."""
+    from veil.node import catalog
+
+    rule, cost = budget_rule(spec, dataset, policy)
+    if rule.renew_s is None:
+        check(conn, rule, spec.analyst, catalog.privacy_unit(conn, dataset), cost)
+
+
 def sandbox_spec(request: DpRequest) -> sandbox.DpSpec:
     return sandbox.DpSpec(
         max_rows_per_subject=request.max_rows_per_subject,

@@ -218,6 +218,11 @@ class Grants:
         from veil.node import kinds
 
         kinds.get(spec.kind).validate(spec, dataset, self.config, self.snapshots)
+        if spec.dp is not None:
+            from veil.node import dp
+
+            with self.lock:
+                dp.check_fundable(self.conn, spec, dataset.name, self.config.policy.dp)
 
         def store(tx: sqlite3.Connection, index: int) -> None:
             tx.execute(

@@ -180,6 +180,9 @@ def test_over_budget_is_refused_precisely_and_charges_nothing(people, node) -> N
         people["bob"].query(job_id)
     assert info.value.status == "RESOURCE_EXHAUSTED"
     assert people["bob"].job(job_id).used["runs"] == 3  # the refusal was not charged
+    # bob's budget never renews: a new job that could never run is refused at submission
+    with pytest.raises(BudgetExhausted, match="it never renews"):
+        people["bob"].submit_job(job(eps="0.25", runs=2))
 
 
 def test_asking_more_than_the_policy_allows_per_run_is_refused_at_submission(people) -> None:  # type: ignore[no-untyped-def]

@@ -87,8 +87,11 @@ REGIONS = tuple(f"region_{i:02d}" for i in range(20))
 TARGET = 1.1
 EPSILONS = ("0.1", "0.5", "1", "2")
 #: the two subject keys measured: name -> (key column, max_rows_per_subject)
-VARIANTS = {"fast path: key row_id, k = 1": ("row_id", 1),
-            "capping path: key customer_id, k = 5": ("customer_id", 5)}
+FAST = "fast path: key row_id, k = 1"
+CAPPING = "capping path: key customer_id, k = 5"
+VARIANTS = {FAST: ("row_id", 1),
+            "capping path, 10 heavy subjects: key member_id, k = 5": ("member_id", 5),
+            CAPPING: ("customer_id", 5)}
 
 
 def main(argv: list[str]) -> int:
@@ -134,16 +137,19 @@ def _dp_statement(dq: Any, limits: Any) -> str:
 
     with session_for(dq._core, limits) as (session, snapshot):
         stats = _subject_stats(session, dq._core, 1, snapshot)
-        capped = stats is not None and bool(stats.top) and stats.top[0] > dq.spec.max_rows_per_subject
+        assert stats is not None
+        capped = bool(stats.top) and stats.top[0] > dq.spec.max_rows_per_subject
+        heavy = _dp._heavy_subjects(session, dq, stats.top, snapshot) if capped else None
         clamp = [not _dp._within_bounds(session, dq, m, snapshot) for m in dq.measurements]
         filtered = capped or not _dp._few_groups(session, dq, snapshot)
-    return _dp._statement(dq, capped, clamp, filtered)
+    return _dp._statement(dq, capped, clamp, filtered, heavy or None)
 
 
 def _table(path: Path, key: str) -> sandbox.Table:
     return sandbox.Table("t", str(path), (
         sandbox.Column("row_id", "BIGINT", "sensitive"),
         sandbox.Column("customer_id", "BIGINT", "sensitive"),
+        sandbox.Column("member_id", "BIGINT", "sensitive"),
         sandbox.Column("region", "VARCHAR", "internal"),
         sandbox.Column("amount", "DOUBLE", "sensitive"),
     ), key)
@@ -229,12 +235,12 @@ def _cost(path: Path, workers: sandbox.Workers, policy: sandbox.Policy, limits: 
     table(["side (median of interleaved runs)", "ms", "vs raw", "DP / no DP"], rows)
 
     # the exact aggregates the accuracy table starts from: the capping path's, as released
-    q, req = inputs[list(VARIANTS)[1]]
+    q, req = inputs[CAPPING]
     spec = dp.sandbox_spec(req)
     dq = queries.validate_dp(q, limits, spec)
     exact = queries.run_dp(q, limits, spec, workers)
     assert exact.capped, "the customer_id variant should need capping at k = 5"
-    fast_q, fast_req = inputs[list(VARIANTS)[0]]
+    fast_q, fast_req = inputs[FAST]
     fast = queries.run_dp(fast_q, limits, dp.sandbox_spec(fast_req), workers)
     assert not fast.capped, "one row per subject should need no capping at k = 1"
     raw_counts = dict(con.execute(f"SELECT region, count(*) FROM read_parquet('{path}') "
@@ -386,9 +392,10 @@ def _node(root: Path, path: Path) -> Iterator[dict[str, Callable[[], object]]]:
 
 def _dataset(cache: Path, rows: int) -> Path:
     """The benchmark's Parquet file, generated once per row count: sandbox_query's columns
-    (rows / 10 customers, 20 regions, amounts 0.00 to 999.99) and a unique ``row_id``."""
+    (rows / 10 customers, 20 regions, amounts 0.00 to 999.99), a unique ``row_id`` and a
+    ``member_id`` unique but for 10 members with 100 rows each (a few heavy subjects)."""
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"dp_query_{rows}.parquet"
+    path = cache / f"dp_query_v2_{rows}.parquet"
     if not path.exists():
         tmp = path.with_suffix(".tmp")
         start = time.perf_counter()
@@ -397,6 +404,8 @@ def _dataset(cache: Path, rows: int) -> Path:
             con.execute(
                 f"""COPY (SELECT i::BIGINT AS row_id,
                           (hash(i) % {max(1, rows // 10)})::BIGINT AS customer_id,
+                          (CASE WHEN i < 1000 THEN -(i % 10) - 1 ELSE i END)::BIGINT
+                              AS member_id,
                           'region_' || lpad((hash(i * 7 + 1) % 20)::VARCHAR, 2, '0') AS region,
                           round((hash(i * 13 + 5) % 100000) / 100.0, 2)::DOUBLE AS amount
                    FROM range({rows}) r(i)) TO '{tmp}' (FORMAT parquet)"""

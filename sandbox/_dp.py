@@ -73,7 +73,7 @@ from decimal import Decimal
 from typing import Any
 
 from veil.sandbox import _parse, _result
-from veil.sandbox._engine import _facts, _Session, _subject_stats, session_for
+from veil.sandbox._engine import _TOP, _facts, _Session, _subject_stats, session_for
 from veil.sandbox._errors import QueryRejected
 from veil.sandbox._model import Limits, Meters, Policy, QueryResult, Table, fold
 from veil.sandbox._parse import Node, quote_ident, quote_str
@@ -614,9 +614,11 @@ def _run_dp(query: DpQuery, limits: Limits, *, force_cap: bool) -> DpExact:
         stats = _subject_stats(session, core, 1, snapshot)
         assert stats is not None
         capped = force_cap or (stats.top[0] if stats.top else 0) > k
+        heavy = _heavy_subjects(session, query, stats.top, snapshot) if capped else None
         clamp = [not _within_bounds(session, query, m, snapshot) for m in query.measurements]
         filtered = capped or not _few_groups(session, query, snapshot)
-        rows = session.execute(_statement(query, capped, clamp, filtered), scans_data=True)
+        rows = session.execute(_statement(query, capped, clamp, filtered, heavy or None),
+                               scans_data=True)
     width = len(query.keys)
     found = {tuple(r[:width]): r[width:] for r in rows}
     empty = (0,) * len(query.measurements)
@@ -638,7 +640,7 @@ def _run_dp(query: DpQuery, limits: Limits, *, force_cap: bool) -> DpExact:
 
 
 def _statement(query: DpQuery, capped: bool, clamp: Sequence[bool] | None = None,
-               filtered: bool = True) -> str:
+               filtered: bool = True, heavy: Sequence[Any] | None = None) -> str:
     """The one statement that computes every measurement over every present cell.
 
     ``clamp[m]`` False: measurement m's column lies within its bounds everywhere in the
@@ -648,7 +650,13 @@ def _statement(query: DpQuery, capped: bool, clamp: Sequence[bool] | None = None
     values, only sooner (a few tens of ms on 10M rows each); both are facts of the immutable
     snapshot, decided before the analyst's WHERE, so what they tell (by the query's speed)
     is one bit each about the whole snapshot: whether some value lies outside the bounds,
-    whether a grouping column has many distinct values."""
+    whether a grouping column has many distinct values.
+
+    ``heavy``: the key values of the only subjects with more than k rows in the snapshot;
+    only their rows go through the window that keeps k of them, every other subject's rows
+    (at most k, so all kept) pass straight through. The same rows are kept as by the window
+    over every row, at the cost of one membership test per row instead of a partition of
+    all of them."""
     core = query._core
     keys = [quote_ident(k) for k in query.keys]
     conditions = [f"({core.where})"] if core.where is not None else []
@@ -665,14 +673,26 @@ def _statement(query: DpQuery, capped: bool, clamp: Sequence[bool] | None = None
         return f"SELECT {select} FROM {core.from_sql}{where}{group}"
     read = list(dict.fromkeys([_key_ref(query.table), *query._read]))
     k = query.spec.max_rows_per_subject
-    kept = (
-        f"SELECT {', '.join(read)}, row_number() OVER (PARTITION BY {core.key_sql} "
-        f"ORDER BY {', '.join(f'{c} ASC NULLS LAST' for c in read)}) AS __veil_rn "
-        f"FROM {core.from_sql}{where}"
-    )
+    window = (f"row_number() OVER (PARTITION BY {core.key_sql} "
+              f"ORDER BY {', '.join(f'{c} ASC NULLS LAST' for c in read)}) AS __veil_rn")
+    if heavy is None:
+        kept = f"SELECT {', '.join(read)}, {window} FROM {core.from_sql}{where}"
+        return (
+            f"SELECT {select} FROM ({kept}) AS __veil_kept "
+            f"WHERE __veil_rn <= {k} OR {core.key_sql} IS NULL{group}"
+        )
+    listed = ", ".join(quote_str(v) if isinstance(v, str) else str(int(v)) for v in heavy)
+
+    def rows(condition: str) -> str:
+        return f" WHERE {' AND '.join([*conditions, condition])}"
+
+    light = (f"SELECT {', '.join(read)} FROM {core.from_sql}"
+             + rows(f"({core.key_sql} IS NULL OR {core.key_sql} NOT IN ({listed}))"))
+    ranked = (f"SELECT {', '.join(read)}, {window} FROM {core.from_sql}"
+              + rows(f"{core.key_sql} IN ({listed})"))
     return (
-        f"SELECT {select} FROM ({kept}) AS __veil_kept "
-        f"WHERE __veil_rn <= {k} OR {core.key_sql} IS NULL{group}"
+        f"SELECT {select} FROM ({light} UNION ALL SELECT {', '.join(read)} FROM ({ranked}) "
+        f"AS __veil_ranked WHERE __veil_rn <= {k}) AS __veil_kept{group}"
     )
 
 
@@ -703,6 +723,33 @@ def _within_bounds(session: _Session, query: DpQuery, m: Measurement,
         return True
     # Decimal(x) of a double is its exact binary value: a value a hair above ``hi`` is clamped
     return odd_values == 0 and Decimal(low) >= lo and Decimal(high) <= hi
+
+
+#: at most this many subjects over k rows are ranked apart from the others
+MAX_HEAVY_SUBJECTS = 1024
+
+
+def _heavy_subjects(session: _Session, query: DpQuery, top: Sequence[int],
+                    snapshot: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The key values of the snapshot's subjects with more than k rows, when they are few
+    (the engine's cached per-subject counts say how many) and their keys are integers or
+    text; None otherwise (the window then ranks every row). Cached per snapshot and k."""
+    k = query.spec.max_rows_per_subject
+    over = sum(1 for n in top if n > k)
+    if over == 0 or over > MAX_HEAVY_SUBJECTS or (over == len(top) and len(top) >= _TOP):
+        return None  # none (nothing to cap), or too many, or more than the counts kept show
+    key_type = _column_type(query.table, query.table.key_column)
+    if key_type not in _INTEGER_TYPES and key_type != "VARCHAR":
+        return None
+    cache_key = (*snapshot, "heavy", fold(query.table.key_column), k)
+    heavy = _facts.get(cache_key)
+    if heavy is None:
+        key = query._core.key_sql
+        heavy = tuple(r[0] for r in session.execute(
+            f"SELECT {key} FROM {quote_ident(query.table.name)} WHERE {key} IS NOT NULL "
+            f"GROUP BY {key} HAVING count(*) > {k} ORDER BY {key}", metered=False))
+        _facts.put(cache_key, heavy)
+    return heavy
 
 
 def _few_groups(session: _Session, query: DpQuery, snapshot: tuple[Any, ...]) -> bool:

@@ -542,3 +542,23 @@ def test_few_groups_are_computed_in_full_and_the_undeclared_dropped(table: Table
     counts = run_dp(query, LIMITS).values[0]  # computed in full, then mapped onto the cells
     assert counts == tuple(sum(r["region"] == cell[0] for r in ROWS) for cell in query.cells)
     assert counts[-1] == 0  # 'atlantis', declared, has no rows
+
+
+def test_few_heavy_subjects_are_ranked_apart_and_the_same_rows_kept(table: Table) -> None:
+    """With k = 2 the subjects with 3 to 5 rows are the heavy ones: only their rows are
+    ranked; the values are those of the window over every row (and of the reference)."""
+    from veil.sandbox._engine import _subject_stats, session_for
+
+    sql = ("SELECT region, count(*), sum(salary), count(salary) FROM visits "
+           "WHERE age_band <> 3 GROUP BY region")
+    query = validate_dp(sql, table, POLICY, LIMITS, spec(k=2, bounds={"salary": (0, 10**4)}))
+    with session_for(query._core, LIMITS) as (session, snapshot):
+        stats = _subject_stats(session, query._core, 1, snapshot)
+        assert stats is not None
+        heavy = _dp._heavy_subjects(session, query, stats.top, snapshot)
+        assert heavy == tuple(s for s in range(60) if 1 + s % 5 > 2)
+        apart = session.execute(_dp._statement(query, True, None, True, heavy))
+        whole = session.execute(_dp._statement(query, True, None, True, None))
+    assert "row_number" in _dp._statement(query, True, None, True, heavy)
+    assert sorted(apart, key=str) == sorted(whole, key=str)
+    assert run_dp(query, LIMITS).capped

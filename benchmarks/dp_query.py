@@ -141,7 +141,7 @@ def _dp_statement(dq: Any, limits: Any) -> str:
         capped = bool(stats.top) and stats.top[0] > dq.spec.max_rows_per_subject
         heavy = _dp._heavy_subjects(session, dq, stats.top, snapshot) if capped else None
         clamp = [not _dp._within_bounds(session, dq, m, snapshot) for m in dq.measurements]
-        filtered = capped or not _dp._few_groups(session, dq, snapshot)
+        filtered = not _dp._few_groups(session, dq, snapshot)
     return _dp._statement(dq, capped, clamp, filtered, heavy or None)
 
 

@@ -31,8 +31,8 @@ def test_a_derived_version_holds_the_chosen_rows_and_exists_only_with_its_entry(
     try:
         source = catalog.current(conn, "customers")
         snap = snapshot.subset(source.snapshot_path(home.snapshots), [1, 4, 7], home.snapshots)
-        ids = [r[0] for r in duckdb.sql(f"SELECT customer_id FROM '{snap.path}'").fetchall()]
-        all_ids = [r[0] for r in duckdb.sql(
+        ids = [r[0] for r in duckdb.connect().sql(f"SELECT customer_id FROM '{snap.path}'").fetchall()]
+        all_ids = [r[0] for r in duckdb.connect().sql(
             f"SELECT customer_id FROM '{source.snapshot_path(home.snapshots)}'").fetchall()]
         assert ids == [all_ids[1], all_ids[4], all_ids[7]]
         staged = catalog.stage_derived(conn, home.identity, node="bank-a", name="shared",

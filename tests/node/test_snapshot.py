@@ -58,11 +58,11 @@ def test_import_csv(tmp_path: Path) -> None:
     assert stat.S_IMODE(snap.path.stat().st_mode) == 0o444
     assert os.listdir(snaps) == [snap.path.name]
 
-    rows = duckdb.execute(
+    rows = duckdb.connect().execute(
         "SELECT id, region FROM read_parquet($1) ORDER BY id", [str(snap.path)]
     ).fetchall()
     assert rows == [(1, "north"), (2, "south"), (3, "east, upper")]
-    meta = duckdb.execute(
+    meta = duckdb.connect().execute(
         "SELECT DISTINCT compression FROM parquet_metadata($1)", [str(snap.path)]
     ).fetchall()
     assert meta == [("ZSTD",)]
@@ -88,7 +88,7 @@ def test_an_existing_snapshot_is_kept(tmp_path: Path) -> None:
 def test_snapshot_is_the_same_with_any_thread_count(tmp_path: Path) -> None:
     # big enough for DuckDB to split the CSV across threads and write many row groups
     source = tmp_path / "big.csv"
-    duckdb.execute(
+    duckdb.connect().execute(
         f"""COPY (SELECT i AS id, repeat('x', (hash(i) % 40)::INTEGER) AS s,
                          CASE WHEN i % 7 = 0 THEN NULL ELSE (hash(i, 3) % 1000) / 7.0 END AS v
                   FROM range(600000) t(i)) TO '{source}' (FORMAT csv, HEADER true)"""
@@ -98,7 +98,7 @@ def test_snapshot_is_the_same_with_any_thread_count(tmp_path: Path) -> None:
         for threads in (1, 2, 4)
     }
     assert len(set(digests.values())) == 1, digests
-    groups = duckdb.execute(
+    groups = duckdb.connect().execute(
         "SELECT count(DISTINCT row_group_id) FROM parquet_metadata($1)",
         [str(tmp_path / "s1" / f"{digests[1]}.parquet")],
     ).fetchone()
@@ -107,7 +107,7 @@ def test_snapshot_is_the_same_with_any_thread_count(tmp_path: Path) -> None:
 
 def test_import_parquet(tmp_path: Path) -> None:
     source = tmp_path / "in.parquet"
-    duckdb.execute(
+    duckdb.connect().execute(
         f"COPY (SELECT range AS id, range % 3 AS k FROM range(1000)) TO '{source}' (FORMAT parquet)"
     )
     snap = import_file(source, tmp_path / "s")
@@ -119,7 +119,7 @@ def test_import_parquet(tmp_path: Path) -> None:
 
 def test_import_parquet_with_nested_columns(tmp_path: Path) -> None:
     source = tmp_path / "nested.parquet"
-    duckdb.execute(
+    duckdb.connect().execute(
         f"""COPY (SELECT 1 AS id, {{'a': 1, 'b': [1, 2]}} AS s, [[1], [2, 3]] AS l, 'x' AS tail)
             TO '{source}' (FORMAT parquet)"""
     )
@@ -132,7 +132,7 @@ def test_csv_dialect_details(tmp_path: Path) -> None:
     # BOM, CRLF, no final newline, blank line, a '#' that is data not a comment, quoted comma
     text = b'\xef\xbb\xbfa,b\r\n#1,"x,y"\r\n\r\n2,z'
     snap = import_file(_write(tmp_path / "d.csv", text), tmp_path / "s")
-    rows = duckdb.execute("SELECT * FROM read_parquet($1)", [str(snap.path)]).fetchall()
+    rows = duckdb.connect().execute("SELECT * FROM read_parquet($1)", [str(snap.path)]).fetchall()
     assert rows == [("#1", "x,y"), ("2", "z")]
     assert [c for c, _ in snap.columns] == ["a", "b"]
 
@@ -204,9 +204,9 @@ def test_error_messages_do_not_quote_row_content(tmp_path: Path) -> None:
 def test_parquet_with_duplicate_column_names(tmp_path: Path) -> None:
     # DuckDB renames duplicates when it writes, so forge them: rename 'xb' to 'xa' in the footer
     source = tmp_path / "dup.parquet"
-    duckdb.execute(f"COPY (SELECT 1 AS xa, 2 AS xb) TO '{source}' (FORMAT parquet)")
+    duckdb.connect().execute(f"COPY (SELECT 1 AS xa, 2 AS xb) TO '{source}' (FORMAT parquet)")
     source.write_bytes(source.read_bytes().replace(b"xb", b"xa"))
-    assert duckdb.execute("SELECT name FROM parquet_schema($1)", [str(source)]).fetchall()[1:] == [
+    assert duckdb.connect().execute("SELECT name FROM parquet_schema($1)", [str(source)]).fetchall()[1:] == [
         ("xa",),
         ("xa",),
     ]

@@ -125,7 +125,7 @@ def test_membership_stores_the_matching_rows_at_the_receiver_only(
         conn.close()
     import duckdb
 
-    ids = [r[0] for r in duckdb.sql(
+    ids = [r[0] for r in duckdb.connect().sql(
         f"SELECT customer_id FROM '{version.snapshot_path(home.snapshots)}'").fetchall()]
     assert ids == [f"telco-{i:05d}" for i in expected_rows]
     bank = members["bank"].home.connect()

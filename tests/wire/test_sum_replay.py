@@ -74,7 +74,7 @@ def test_a_sum_replay_over_a_tampered_snapshot_reports_a_mismatch(
     b = members["bank-b"]
     [snap] = list(b.home.snapshots.glob("*.parquet"))
     tampered = snap.with_suffix(".tmp.parquet")
-    duckdb.sql(f"COPY (SELECT * REPLACE (exposure + 1 AS exposure) FROM '{snap}') "
+    duckdb.connect().sql(f"COPY (SELECT * REPLACE (exposure + 1 AS exposure) FROM '{snap}') "
                f"TO '{tampered}' (FORMAT parquet)")
     snap.chmod(0o644)
     tampered.replace(snap)

@@ -305,7 +305,8 @@ def _policy(r: _Reader, doc: Mapping[str, Any]) -> NodePolicy:
 
 
 _DP_KEYS = ("require_datasets", "require_min_level", "require_kinds", "budget")
-_BUDGET_KEYS = ("datasets", "analysts", "epsilon", "delta", "rho", "max_per_run", "renew")
+_BUDGET_KEYS = ("datasets", "analysts", "epsilon", "delta", "rho", "max_per_run", "renew",
+                "shared")
 
 
 def _dp_policy(r: _Reader, p: Mapping[str, Any]) -> DpPolicy:
@@ -364,6 +365,7 @@ def _budget(r: _Reader, entry: Mapping[str, Any], key: str) -> BudgetRule:
         analysts=tuple(r.strings(entry, f"{key}.analysts", re.compile(r"\S(.*\S)?"),
                                  "analyst names or globs", ["*"])),
         approx=approx,
+        shared=r.boolean(entry, f"{key}.shared", False),
     )
 
 
@@ -508,6 +510,7 @@ masked_columns = {{}}               # "dataset.column" = "phone" | "email": valu
 # epsilon = "3"                     # or rho = "1" (zCDP), or epsilon with delta = "1e-6"
 # max_per_run = "1"                 # the most one run may spend
 # renew = "30d"                     # d, h, m or s; omit for a budget that never renews
+# shared = false                    # true: one budget for all matching analysts together
 
 # Approval rules. Column levels: {levels} (core columns are never used).
 # Every job needs the operator's approval; each rule that matches a job adds its roles.

@@ -84,9 +84,10 @@ def _spent(conn: sqlite3.Connection, analyst: str, dataset: str, measure: str,
 
 def standing(conn: sqlite3.Connection, rule: BudgetRule, analyst: str, dataset: str,
              now: datetime | None = None) -> Standing:
+    """``analyst``'s budget on ``dataset`` at ``now``: their own, or the rule's shared one."""
     start, end = rule.period(now or datetime.now(UTC))
     return Standing(analyst, dataset, rule, start, end,
-                    _spent(conn, analyst, dataset, rule.measure, start))
+                    _spent(conn, rule.holder(analyst), dataset, rule.measure, start))
 
 
 def standings(conn: sqlite3.Connection, policy: DpPolicy, analyst: str,
@@ -107,8 +108,10 @@ def standings(conn: sqlite3.Connection, policy: DpPolicy, analyst: str,
 
 def _refusal(s: Standing, cost: Decimal) -> BudgetExhausted:
     until = f" until {s.period_end}, when it renews" if s.period_end else " (it never renews)"
+    whose = (f"the budget analyst {s.analyst!r} shares with {', '.join(s.rule.analysts)}"
+             if s.rule.shared else f"analyst {s.analyst!r}")
     return BudgetExhausted(
-        f"{BUDGET_EXHAUSTED}: analyst {s.analyst!r} has {s.unit} = "
+        f"{BUDGET_EXHAUSTED}: {whose} has {s.unit} = "
         f"{text(s.remaining)} left of {text(s.rule.total)} on dataset {s.dataset!r}{until}; "
         f"one run of this job spends {text(cost)}"
     )
@@ -140,7 +143,7 @@ def charge(rule: BudgetRule, analyst: str, dataset: str, cost: Decimal, noise: b
             "INSERT INTO dp_spent(analyst, dataset, measure, period_start, spent)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (analyst, dataset, measure, period_start)"
             " DO UPDATE SET spent = excluded.spent",
-            (analyst, dataset, rule.measure, s.period_start, spent))
+            (rule.holder(analyst), dataset, rule.measure, s.period_start, spent))
         tx.execute(
             "INSERT INTO dp_releases(log_index, analyst, dataset, measure, period_start, spent)"
             " VALUES (?, ?, ?, ?, ?, ?)",

@@ -20,7 +20,7 @@ _ADDED = """
 -- Differential privacy: what each analyst spent on each dataset per budget period. A row is
 -- written only by a release's log entry transaction, so it always agrees with the log.
 CREATE TABLE IF NOT EXISTS dp_spent (
-    analyst      TEXT NOT NULL,
+    analyst      TEXT NOT NULL,   -- the budget's holder: an analyst, or "shared:<globs>"
     dataset      TEXT NOT NULL,
     measure      TEXT NOT NULL,   -- epsilon | rho
     period_start TEXT NOT NULL,   -- RFC 3339; 1970-01-01T00:00:00Z for a budget never renewed

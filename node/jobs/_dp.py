@@ -28,6 +28,7 @@ analyst's budget per dataset, with an optional renewal period and a cap per run:
     max_per_run = "1"                  # in the budget's measure
     renew = "30d"                      # d, h, m or s; periods start at multiples of it since
                                        # 1970-01-01T00:00:00Z; omit for a budget that never renews
+    shared = false                     # true: one budget for all matching analysts together
 
 What a budget means. A budget in ε (pure DP) is spent by basic composition: the ε of every
 release adds up, and a sequence of releases whose ε sum to at most the budget is ε-DP for each
@@ -287,6 +288,8 @@ class BudgetRule:
     analysts: tuple[str, ...] = ("*",)
     #: when the total was stated as (ε, δ): for display
     approx: tuple[Decimal, Decimal] | None = None
+    #: one budget for all matching analysts together (analysts who may pool their results)
+    shared: bool = False
 
     def __post_init__(self) -> None:
         if self.measure not in ("epsilon", "rho"):
@@ -298,6 +301,10 @@ class BudgetRule:
     def matches(self, dataset: str, analyst: str) -> bool:
         return (any(fnmatchcase(dataset, p) for p in self.datasets)
                 and any(fnmatchcase(analyst, p) for p in self.analysts))
+
+    def holder(self, analyst: str) -> str:
+        """Whose budget ``analyst`` spends: their own, or the rule's shared one."""
+        return f"shared:{','.join(self.analysts)}" if self.shared else analyst
 
     def period(self, moment: datetime) -> tuple[str, str | None]:
         """The budget period holding ``moment``: its start and end (RFC 3339; end None for
@@ -328,6 +335,8 @@ class BudgetRule:
             s += f" (from ε = {text(self.approx[0])} at δ = {text(self.approx[1])})"
         s += f", at most {text(self.max_per_run)} per run, "
         s += "never renewed" if self.renew_s is None else f"renewed every {_period_text(self.renew_s)}"
+        if self.shared:
+            s += f"; one budget shared by the analysts {', '.join(self.analysts)}"
         return s
 
 

@@ -317,3 +317,27 @@ def test_concurrent_charges_never_overspend(tmp_path: Path) -> None:
 def test_decimal_text_is_canonical() -> None:
     assert [text(Decimal(s)) for s in ("0.50", "3", "1E+1", "0.000001")] == [
         "0.5", "3", "10", "0.000001"]
+
+
+def test_a_shared_budget_is_spent_by_all_its_analysts_together(conn: sqlite3.Connection) -> None:
+    """Analysts who may pool their results (one team) get one budget between them; each one's
+    releases are still their own lines."""
+    rule = BudgetRule("epsilon", Decimal(1), Decimal(1), analysts=("alice", "bob"), shared=True)
+    conn.execute("BEGIN IMMEDIATE")
+    entry_at(conn, 0, NOW)
+    dp.charge(rule, "alice", "customers", Decimal("0.75"), b"n")(conn, 0)
+    conn.execute("COMMIT")
+    assert dp.standing(conn, rule, "bob", "customers").remaining == Decimal("0.25")
+    with pytest.raises(BudgetExhausted, match="the budget analyst 'bob' shares with alice, bob "
+                                              "has ε = 0.25 left of 1"):
+        dp.check(conn, rule, "bob", "customers", Decimal("0.5"))
+    assert list(dp.releases(conn, "alice")) == [0] and dp.releases(conn, "bob") == {}
+    assert "one budget shared by the analysts alice, bob" in rule.describe()
+
+
+def test_node_toml_shared_budget(tmp_path: Path) -> None:
+    (tmp_path / "node.toml").write_text(
+        '[node]\nname = "bank-a"\n[[policy.dp.budget]]\nanalysts = ["team-*"]\n'
+        'epsilon = "2"\nmax_per_run = "1"\nshared = true\n')
+    [rule] = load_config(tmp_path).policy.dp.budgets
+    assert rule.shared and rule.holder("team-a") == rule.holder("team-b") == "shared:team-*"

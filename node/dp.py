@@ -74,11 +74,11 @@ class Standing:
                 "period_end": self.period_end or "", "max_per_run": text(self.rule.max_per_run)}
 
 
-def _spent(conn: sqlite3.Connection, analyst: str, dataset: str, measure: str,
+def _spent(conn: sqlite3.Connection, holder: str, dataset: str, measure: str,
            period_start: str) -> Decimal:
     row = conn.execute(
         "SELECT spent FROM dp_spent WHERE analyst = ? AND dataset = ? AND measure = ?"
-        " AND period_start = ?", (analyst, dataset, measure, period_start)).fetchone()
+        " AND period_start = ?", (holder, dataset, measure, period_start)).fetchone()
     return Decimal(row[0]) if row else Decimal(0)
 
 

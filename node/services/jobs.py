@@ -11,7 +11,7 @@ from veil.node._convert import job_to_proto as _job_to_proto
 from veil.node._rpc import Call, Rpc
 from veil.node.context import NodeContext
 from veil.node.grants import JobView
-from veil.node.errors import PolicyDenied
+from veil.node.errors import PolicyDenied, VeilError
 from veil.node.jobs import PSI_KINDS, SignedJob
 from veil.node.services._roles import ANALYST, ANY_ROLE, APPROVERS, OPERATOR
 
@@ -24,7 +24,10 @@ def rpcs(ctx: NodeContext) -> Mapping[str, Rpc]:
     def job_to_proto(view: JobView) -> jobs_pb2.Job:
         lines: list[str] = []
         if view.spec.dp is not None:
-            lines = kinds.dp_kind(view.spec.kind).dp_estimate(ctx, view)
+            try:
+                lines = kinds.dp_kind(view.spec.kind).dp_estimate(ctx, view)
+            except VeilError as exc:  # the policy changed since submission: the job still lists
+                lines = [f"differential privacy: no estimate under this node's policy now: {exc}"]
         return _job_to_proto(view, ctx.home.config, lines)
 
     def submit_job(req: jobs_pb2.SignedJob, call: Call) -> jobs_pb2.Job:

@@ -341,3 +341,18 @@ def test_node_toml_shared_budget(tmp_path: Path) -> None:
         'epsilon = "2"\nmax_per_run = "1"\nshared = true\n')
     [rule] = load_config(tmp_path).policy.dp.budgets
     assert rule.shared and rule.holder("team-a") == rule.holder("team-b") == "shared:team-*"
+
+
+def test_a_psi_job_with_dp_is_refused_saying_which_kinds_can() -> None:
+    text = JOB.format(dp=DP).replace('kind = "query"', 'kind = "psi"').replace(
+        '[params]\nsql = "SELECT region, SUM(amount) FROM customers GROUP BY region"\n', "")
+    text = text.replace('[[nodes]]\nname = "bank-a"\ndataset = "customers"\n'
+                        'columns = ["region", "amount"]\n',
+                        '[[nodes]]\nname = "bank-a"\naddress = "a.example:7400"\n'
+                        'dataset = "customers"\ncolumns = ["region"]\n'
+                        '[[nodes]]\nname = "bank-b"\naddress = "b.example:7400"\n'
+                        'dataset = "customers"\ncolumns = ["region"]\n'
+                        '[params]\nkey = "region"\n')
+    with pytest.raises(InvalidInput, match="a psi job cannot run under differential privacy "
+                                           r"\(kinds that can: query, sum\)"):
+        parse_job_toml(text, analyst="alice", normalize_sql=lambda s: s, nonce=NONCE, now=NOW)

@@ -117,3 +117,18 @@ def test_a_sum_without_dp_is_refused_where_the_policy_requires_it(
         assert isinstance(refusal, VeilError)
         assert "requires differential privacy for every sum job on dataset 'loans'" in str(
             refusal)
+
+
+@pytest.mark.parametrize("dp, says", [
+    (DP.replace("scale = 2", "scale = 0"), "dp.scale (0) must equal the sum's params.scale (2)"),
+    (DP + 'categories = { industry = ["energy"] }\n',
+     "dp.categories.industry: must be the sum's own categories"),
+])
+def test_a_dp_sum_whose_dp_table_disagrees_with_its_params_is_refused(
+        federation: Federation, banks, paillier_keys: Path, dp: str, says: str) -> None:  # type: ignore[no-untyped-def]
+    members, _ = banks
+    answers = submit_everywhere(job(members, paillier_keys, dp=dp),
+                                federation.identity("analyst", "alice"), base_dir=Path("/"))
+    for m in members.values():
+        assert isinstance(answers[m.name], VeilError)
+        assert says in str(answers[m.name]), str(answers[m.name])

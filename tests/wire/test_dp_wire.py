@@ -301,3 +301,57 @@ def test_thousands_of_declared_categories_keep_the_log_entry_small(people, node)
     finally:
         conn.close()
     assert json.loads(entry)["status"] == "OK" and len(entry) < 4000
+
+
+def test_a_dp_job_still_lists_after_the_policy_changes_under_it(
+        federation: Federation, tmp_path: Path) -> None:
+    """The operator puts a column the job sums on the negative list and restarts: the job's
+    dry run can no longer be computed, but listing and showing it must not fail, and running
+    it is refused by name."""
+    home, running = dp_node(federation, tmp_path)
+    try:
+        with Client(running.address, federation.identity("analyst", "alice")) as alice, \
+                Client(running.address, federation.identity("operator", "olga")) as olga, \
+                Client(running.address, federation.identity("subject-representative",
+                                                           "sam")) as sam:
+            job_id = approved({"alice": alice, "olga": olga, "sam": sam}, job())
+    finally:
+        running.stop(grace=1)
+    text = home.config_path.read_text().replace("deny_columns = []",
+                                                'deny_columns = ["customers.amount"]')
+    home.config_path.write_text(text)
+    running = start(home.path, "127.0.0.1:0")
+    try:
+        with Client(running.address, federation.identity("analyst", "alice")) as alice:
+            [listed] = alice.jobs()
+            lines = "\n".join(listed.estimate["lines"])
+            assert "no estimate under this node's policy now" in lines and "amount" in lines
+            with pytest.raises(PolicyDenied, match="amount"):
+                alice.query(job_id)
+    finally:
+        running.stop(grace=1)
+
+
+def test_a_dp_result_over_max_result_bytes_is_refused_before_release(
+        federation: Federation, tmp_path: Path) -> None:
+    home, running = dp_node(federation, tmp_path)
+    running.stop(grace=1)
+    text = home.config_path.read_text().replace("max_result_bytes = 1000000",
+                                                "max_result_bytes = 2000")
+    home.config_path.write_text(text)
+    running = start(home.path, "127.0.0.1:0")
+    try:
+        with Client(running.address, federation.identity("analyst", "alice")) as alice, \
+                Client(running.address, federation.identity("operator", "olga")) as olga, \
+                Client(running.address, federation.identity("subject-representative",
+                                                           "sam")) as sam:
+            many = json.dumps([f"region-{i:04d}" for i in range(500)])
+            dp = ('epsilon = 0.25\nmax_rows_per_subject = 1\nbounds = { amount = [0, 10000] }\n'
+                  f'categories = {{ region = {many} }}')
+            job_id = approved({"alice": alice, "olga": olga, "sam": sam}, job(dp=dp))
+            with pytest.raises(VeilError, match="more than the limit of 2,000 bytes"):
+                alice.query(job_id)
+            st = alice.statement()
+            assert st.budgets[0]["spent"] == "0" and not st.lines  # nothing released or spent
+    finally:
+        running.stop(grace=1)
